@@ -1,0 +1,309 @@
+"""``cxraug data``: prepare, list and show datasets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from PIL import Image
+from rich.table import Table
+
+from cxraug.cli.common import (
+    AppContext,
+    ConfigOpt,
+    DryRunOpt,
+    OptOpt,
+    WorkspaceOpt,
+    apply_command_config,
+    handle_errors,
+    load_config_and_opts,
+    plugin_options,
+    print_json,
+    workspace_from,
+)
+from cxraug.data.prepare import PrepareSettings, Source, prepare_dataset
+from cxraug.data.prepared import PreparedDataset
+from cxraug.data.resolve import open_dataset
+from cxraug.data.splits import SPLITS, parse_ratios
+from cxraug.errors import OptionsError
+from cxraug.options import options_table, to_jsonable
+from cxraug.ui import console
+
+
+def _split_list(values: list[str] | None) -> list[str]:
+    return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
+
+
+def _parse_map(values: list[str] | None) -> dict[str, str]:
+    out = {}
+    for item in values or []:
+        src, sep, dst = item.partition("=")
+        if not sep or not src or not dst:
+            raise OptionsError(f"--map {item!r}: expected SRC=DST, e.g. --map pneumonia_viral=pneumonia")
+        out[src.strip()] = dst.strip()
+    return out
+
+
+def counts_table(title: str, counts: dict[str, dict[str, int]]) -> Table:
+    labels = sorted({lb for c in counts.values() for lb in c})
+    table = Table(title=title)
+    table.add_column("split")
+    for lb in labels:
+        table.add_column(lb, justify="right")
+    table.add_column("total", justify="right")
+    for split in SPLITS:
+        c = counts.get(split, {})
+        table.add_row(split, *(str(c.get(lb, 0)) for lb in labels), str(sum(c.values())))
+    return table
+
+
+def sample_grid(dataset: PreparedDataset, per_label: int = 8, seed: int = 0) -> Image.Image:
+    """A grid image: one row per label, ``per_label`` training images each."""
+    rng = np.random.default_rng(seed)
+    s = dataset.size
+    rows = []
+    for label in dataset.classes:
+        idx = dataset.indices(None, [label])
+        pick = rng.choice(idx, size=min(per_label, len(idx)), replace=False) if len(idx) else []
+        row = np.zeros((s, s * per_label), dtype=np.uint8)
+        for k, i in enumerate(sorted(pick)):
+            row[:, k * s : (k + 1) * s] = dataset.images[i]
+        rows.append(row)
+    return Image.fromarray(np.concatenate(rows, axis=0), "L")
+
+
+def add_commands(app: typer.Typer, ctx: AppContext) -> None:
+    data = typer.Typer(help="Prepare datasets once; list and inspect them.", no_args_is_help=True)
+    app.add_typer(data, name="data")
+    adapters_help = _adapters_epilog(ctx)
+
+    @data.command("prepare", epilog=adapters_help)
+    @handle_errors
+    def prepare(
+        typer_ctx: typer.Context,
+        sources: Annotated[
+            list[str],
+            typer.Argument(
+                help="ADAPTER (with --root) or ADAPTER=PATH, several to merge sources.",
+                show_default=False,
+            ),
+        ],
+        root: Annotated[
+            Path | None, typer.Option("--root", help="Dataset folder (or file) for one ADAPTER.")
+        ] = None,
+        name: Annotated[
+            str | None, typer.Option("--name", help="Dataset name (default: adapter names).")
+        ] = None,
+        size: Annotated[int, typer.Option("--size", help="Square image size in pixels.")] = 256,
+        resize: Annotated[
+            str, typer.Option("--resize", help="pad (keep whole image) or crop (centre).")
+        ] = "pad",
+        split: Annotated[
+            str,
+            typer.Option("--split", help="train,val,test fractions when a source has no official split."),
+        ] = "0.7,0.15,0.15",
+        seed: Annotated[int, typer.Option("--seed", help="Seed of the split.")] = 0,
+        classes: Annotated[
+            list[str] | None, typer.Option("--classes", help="Keep only these labels (comma list).")
+        ] = None,
+        label_map: Annotated[
+            list[str] | None,
+            typer.Option("--map", help="Merge labels SRC=DST (repeatable), e.g. pneumonia_viral=pneumonia."),
+        ] = None,
+        strict: Annotated[
+            bool, typer.Option("--strict", help="Fail on any unreadable file instead of skipping.")
+        ] = False,
+        workers: Annotated[int, typer.Option("--workers", help="Decoding processes (0: auto).")] = 0,
+        force: Annotated[
+            bool, typer.Option("--force", help="Replace an existing dataset of the same name.")
+        ] = False,
+        opt: OptOpt = None,
+        config: ConfigOpt = None,
+        dry_run: DryRunOpt = False,
+        workspace: WorkspaceOpt = None,
+    ) -> None:
+        """Decode every image once into a memory-mapped cache with a manifest and splits."""
+        cfg, opts = load_config_and_opts(config, opt)
+        values = apply_command_config(
+            typer_ctx,
+            cfg,
+            "prepare",
+            dict(
+                size=size,
+                resize=resize,
+                split=split,
+                seed=seed,
+                classes=classes,
+                label_map=label_map,
+                strict=strict,
+                workers=workers,
+                name=name,
+            ),
+        )
+        parsed = _parse_sources(sources, root)
+        if len(parsed) > 1:
+            per_adapter = {a: opts.get(a, {}) for a, _ in parsed}
+            stray = [k for k in opts if k not in per_adapter]
+            if stray:
+                raise OptionsError(
+                    f"--opt {stray[0]}=...: with several sources, prefix options with the adapter, "
+                    f"e.g. --opt {parsed[0][0]}.{stray[0]}=..."
+                )
+        else:
+            per_adapter = {parsed[0][0]: opts}
+        built = []
+        for adapter_name, path in parsed:
+            cls, options = plugin_options(
+                ctx.registry, "dataset", adapter_name, cfg, per_adapter[adapter_name]
+            )
+            built.append(Source(cls(options), path))
+        classes_v = values["classes"]
+        settings = PrepareSettings(
+            name=values["name"] or "-".join(a for a, _ in parsed),
+            size=int(values["size"]),
+            resize=values["resize"],
+            ratios=parse_ratios(values["split"]),
+            seed=int(values["seed"]),
+            classes=tuple(
+                _split_list(classes_v if isinstance(classes_v, list) else [classes_v]) if classes_v else []
+            ),
+            label_map=_parse_map(values["label_map"])
+            if not isinstance(values["label_map"], dict)
+            else values["label_map"],
+            strict=bool(values["strict"]),
+            workers=int(values["workers"]),
+            force=force,
+        )
+        settings.validate()
+        ws = workspace_from(workspace)
+        resolved = {
+            "workspace": str(ws.root),
+            "dataset": str(ws.dataset_dir(settings.name)),
+            "settings": to_jsonable(settings.__dict__),
+            "sources": [
+                {"adapter": s.adapter.name, "root": s.root, "options": s.adapter.options} for s in built
+            ],
+        }
+        if dry_run:
+            print_json(to_jsonable(resolved))
+            return
+        result = prepare_dataset(ws, built, settings)
+        ds, report = result.dataset, result.report
+        if ds.synthetic:
+            console.print("[yellow]Synthetic demo images (phantoms), not real chest X-rays.[/]")
+        console.print(
+            f"prepared {ds.name}: {len(ds.rows)} images in {ds.path}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        console.print(counts_table(ds.name, ds.counts()))
+        console.print(
+            f"patients: {report['patients']}  exact duplicate copies: "
+            f"{report['exact_duplicates']}  near-duplicate pairs: "
+            f"{len(report['near_duplicate_pairs'])}  skipped: {len(report['skipped'])}  "
+            f"dropped: {len(report['dropped'])}"
+        )
+        for note in report["notes"]:
+            console.print(f"[dim]note:[/] {note}", highlight=False)
+        if report["skipped"]:
+            console.print(f"[yellow]{len(report['skipped'])} unreadable file(s) skipped[/]")
+            for s in report["skipped"][:5]:
+                console.print(f"  {s['original']}: {s['reason']}", highlight=False)
+        console.print(f"report: {ds.path / 'prepare-report.md'}")
+
+    @data.command("list")
+    @handle_errors
+    def list_(
+        as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout.")] = False,
+        workspace: WorkspaceOpt = None,
+    ) -> None:
+        """Prepared datasets of the workspace (the latest is the default for other commands)."""
+        ws = workspace_from(workspace)
+        names = ws.dataset_names()
+        infos = [json.loads((ws.dataset_dir(n) / "info.json").read_text()) for n in names]
+        if as_json:
+            print_json(infos)
+            return
+        if not infos:
+            console.print(f"No prepared datasets in {ws.root}. `cxraug data prepare phantom` makes the demo.")
+            return
+        table = Table(title=f"datasets in {ws.data_dir}")
+        for col in ("name", "images", "classes", "size", "sources", "created"):
+            table.add_column(col, overflow="fold")
+        for n, info in zip(names, infos, strict=True):
+            total = sum(sum(c.values()) for c in info["counts"].values())
+            srcs = ", ".join(s["adapter"] for s in info["sources"])
+            if info.get("synthetic"):
+                srcs += " [yellow](synthetic demo)[/]"
+            mark = " (latest)" if n == names[-1] else ""
+            table.add_row(
+                n + mark,
+                str(total),
+                ", ".join(info["classes"]),
+                str(info["size"]),
+                srcs,
+                info["created"][:19],
+            )
+        console.print(table)
+
+    @data.command("show")
+    @handle_errors
+    def show(
+        name: Annotated[str | None, typer.Argument(help="Dataset (default: latest).")] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout.")] = False,
+        workspace: WorkspaceOpt = None,
+    ) -> None:
+        """Counts per split and label, the prepare notes, and a sample grid PNG."""
+        ws = workspace_from(workspace)
+        if name is None and ws.latest_dataset() is None:
+            raise OptionsError(f"no prepared datasets in {ws.root}; run `cxraug data prepare` first")
+        ds = open_dataset(ws, ctx.registry, name)
+        grid_path = ds.path / "samples.png"
+        sample_grid(ds).save(grid_path)
+        report_path = ds.path / "report.json"
+        report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+        if as_json:
+            print_json({"info": ds.info, "counts": ds.counts(), "samples": str(grid_path)})
+            return
+        if ds.synthetic:
+            console.print("[yellow]Synthetic demo images (phantoms), not real chest X-rays.[/]")
+        console.print(counts_table(f"{ds.name} ({ds.size}px, {len(ds.rows)} images)", ds.counts()))
+        for src in ds.info["sources"]:
+            console.print(f"source: {src['adapter']} {src['root'] or ''}", highlight=False)
+        for note in report.get("notes", []):
+            console.print(f"[dim]note:[/] {note}", highlight=False)
+        console.print(f"sample grid (rows: {', '.join(ds.classes)}): {grid_path}")
+
+
+def _parse_sources(sources: list[str], root: Path | None) -> list[tuple[str, Path | None]]:
+    parsed: list[tuple[str, Path | None]] = []
+    for item in sources:
+        name, sep, path = item.partition("=")
+        parsed.append((name.strip(), Path(path).expanduser() if sep else None))
+    if root is not None:
+        if len(parsed) != 1 or parsed[0][1] is not None:
+            raise OptionsError(
+                "--root goes with a single ADAPTER; for several sources write ADAPTER=PATH each"
+            )
+        parsed = [(parsed[0][0], root.expanduser())]
+    names = [n for n, _ in parsed]
+    if len(set(names)) != len(names):
+        raise OptionsError("each adapter may appear once per dataset")
+    return parsed
+
+
+def _adapters_epilog(ctx: AppContext) -> str:
+    """Adapters and their options, for `data prepare --help`."""
+    try:
+        registry = ctx.registry
+    except Exception:  # pragma: no cover - help must render even if a plugin is broken
+        return ""
+    lines = ["Adapters and their --opt keys:\n\n"]
+    for adapter in registry.names("dataset"):
+        cls = registry.get("dataset", adapter)
+        keys = ", ".join(f"{k}={d}" for k, d, _ in options_table(cls.Options)) or "no options"
+        lines.append(f"[bold]{adapter}[/]: {cls.description} ({keys})\n\n")
+    return "".join(lines)

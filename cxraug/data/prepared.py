@@ -1,0 +1,180 @@
+"""A prepared dataset on disk: images.npy (memory-mapped uint8), manifest.csv and info.json."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cxraug.data.dedup import near_duplicates
+from cxraug.data.splits import SPLITS
+from cxraug.errors import DataError
+
+FORMAT_VERSION = 1
+MANIFEST_COLUMNS: tuple[str, ...] = (
+    "id",
+    "split",
+    "label",
+    "patient_id",
+    "source",
+    "view",
+    "original",
+    "sha256",
+    "phash",
+    "origin",
+    "provenance",
+)
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def write_manifest(path: Path, rows: list[dict[str, Any]]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if row.get(k) is None else row[k] for k in MANIFEST_COLUMNS})
+
+
+def read_manifest(path: Path) -> list[dict[str, str]]:
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise DataError(
+                    f"{path}: missing column(s) {', '.join(missing)}; re-run `cxraug data prepare`"
+                )
+            return list(reader)
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing; re-run `cxraug data prepare`") from None
+
+
+class PreparedDataset:
+    """Read side of a prepared dataset; refuses one whose splits leak patients or duplicates."""
+
+    def __init__(self, path: Path, *, check: bool = True) -> None:
+        self.path = Path(path)
+        info_path = self.path / "info.json"
+        if not info_path.is_file():
+            raise DataError(
+                f"{self.path}: not a prepared dataset (no info.json); "
+                "create one with `cxraug data prepare` (see `cxraug data list`)"
+            )
+        try:
+            self.info: dict[str, Any] = json.loads(info_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{info_path}: not valid JSON ({exc}); re-run `cxraug data prepare`") from None
+        if self.info.get("format_version") != FORMAT_VERSION:
+            raise DataError(
+                f"{info_path}: format_version {self.info.get('format_version')!r} is not "
+                f"{FORMAT_VERSION}; re-run `cxraug data prepare` with this cxraug version"
+            )
+        self.rows = read_manifest(self.path / "manifest.csv")
+        try:
+            self.images: np.ndarray = np.load(self.path / "images.npy", mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{self.path / 'images.npy'}: unreadable ({exc})") from None
+        size = int(self.info["size"])
+        if self.images.dtype != np.uint8 or self.images.shape[1:] != (size, size):
+            raise DataError(
+                f"{self.path / 'images.npy'}: expected uint8 (N, {size}, {size}), "
+                f"found {self.images.dtype} {self.images.shape}"
+            )
+        if len(self.rows) != len(self.images):
+            raise DataError(
+                f"{self.path}: manifest.csv has {len(self.rows)} rows but images.npy holds "
+                f"{len(self.images)} images; re-run `cxraug data prepare`"
+            )
+        self.classes: list[str] = list(self.info["classes"])
+        self._class_index = {c: i for i, c in enumerate(self.classes)}
+        for n, row in enumerate(self.rows, start=2):
+            if row["split"] not in SPLITS:
+                raise DataError(f"{self.path / 'manifest.csv'}:{n}: unknown split {row['split']!r}")
+            if row["label"] not in self._class_index:
+                raise DataError(
+                    f"{self.path / 'manifest.csv'}:{n}: label {row['label']!r} is not one of "
+                    f"the dataset's classes {self.classes} (info.json)"
+                )
+        if check:
+            self.check_invariants()
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def size(self) -> int:
+        return int(self.info["size"])
+
+    @property
+    def synthetic(self) -> bool:
+        return bool(self.info.get("synthetic", False))
+
+    def indices(self, split: str | None = None, labels: list[str] | None = None) -> np.ndarray:
+        """Row indices of a split (all when None), optionally only some labels."""
+        keep = set(labels) if labels else None
+        return np.array(
+            [
+                i
+                for i, r in enumerate(self.rows)
+                if (split is None or r["split"] == split) and (keep is None or r["label"] in keep)
+            ],
+            dtype=np.int64,
+        )
+
+    def targets(self, idx: np.ndarray | None = None) -> np.ndarray:
+        """Class index (into ``classes``) of each row."""
+        rows = self.rows if idx is None else [self.rows[i] for i in idx]
+        return np.array([self._class_index[r["label"]] for r in rows], dtype=np.int64)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Images per split and label."""
+        out: dict[str, dict[str, int]] = {s: {} for s in SPLITS}
+        for (split, label), n in sorted(Counter((r["split"], r["label"]) for r in self.rows).items()):
+            out[split][label] = n
+        return out
+
+    def check_invariants(self) -> None:
+        """Refuse the dataset if a patient or a (near-)duplicate image spans two splits."""
+        where = self.path / "manifest.csv"
+        for column, what in (("patient_id", "patient"), ("sha256", "image content")):
+            seen: dict[str, tuple[str, int]] = {}
+            for n, row in enumerate(self.rows, start=2):
+                key = row[column]
+                if not key:
+                    continue
+                if column == "patient_id":
+                    key = f"{row['source']}:{key}"
+                first = seen.setdefault(key, (row["split"], n))
+                if first[0] != row["split"]:
+                    raise DataError(
+                        f"{where}:{n}: {what} {row[column]!r} is in split {row['split']} but also in "
+                        f"{first[0]} (line {first[1]}); a leak between splits. Re-run "
+                        "`cxraug data prepare` instead of editing the manifest by hand"
+                    )
+        if self.info.get("manifest_sha256") == file_digest(where):
+            return  # unchanged since prepare, which already separated near-duplicates
+        hashes = np.array([int(r["phash"], 16) for r in self.rows], dtype=np.uint64)
+        for i, j, corr in near_duplicates(hashes, lambda k: np.asarray(self.images[k])):
+            a, b = self.rows[i], self.rows[j]
+            if a["split"] != b["split"]:
+                raise DataError(
+                    f"{where}:{i + 2} and line {j + 2}: near-duplicate images (correlation "
+                    f"{corr:.3f}) in splits {a['split']} and {b['split']}; re-run "
+                    "`cxraug data prepare` instead of editing the manifest by hand"
+                )
+
+    def torch_dataset(self, split: str, labels: list[str] | None = None, transform: Any = None):
+        """A torch Dataset of (float image (1, S, S) in [0, 1], class index) for one split."""
+        from cxraug.data.torchdata import ArrayDataset
+
+        idx = self.indices(split, labels)
+        return ArrayDataset(self.images, idx, self.targets(idx), transform=transform)

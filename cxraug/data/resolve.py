@@ -1,0 +1,49 @@
+"""Which prepared dataset a command uses: the one named, the latest, or the embedded demo."""
+
+from __future__ import annotations
+
+import logging
+
+from cxraug.data.prepare import PrepareSettings, Source, prepare_dataset
+from cxraug.data.prepared import PreparedDataset
+from cxraug.errors import DataError
+from cxraug.registry import Registry
+from cxraug.ui import console
+from cxraug.workspace import DEMO_DATASET, Workspace
+
+log = logging.getLogger(__name__)
+
+#: The demo is small so that a bare `cxraug train-gan ...` finishes in minutes on a laptop CPU.
+DEMO_SIZE = 64
+
+
+def prepare_demo(workspace: Workspace, registry: Registry) -> PreparedDataset:
+    """Prepare the embedded phantom demo dataset (synthetic images, offline, deterministic)."""
+    cls = registry.get("dataset", "phantom")
+    adapter = cls(cls.Options())
+    result = prepare_dataset(
+        workspace, [Source(adapter, None)], PrepareSettings(name=DEMO_DATASET, size=DEMO_SIZE)
+    )
+    return result.dataset
+
+
+def open_dataset(workspace: Workspace, registry: Registry, name: str | None) -> PreparedDataset:
+    """``name``, else the most recently prepared dataset, else the demo (prepared now, said so)."""
+    if name is not None:
+        path = workspace.dataset_dir(name)
+        if not path.is_dir():
+            known = ", ".join(workspace.dataset_names()) or "none yet"
+            raise DataError(
+                f"no prepared dataset {name!r} in {workspace.data_dir} (prepared: {known}); "
+                "create it with `cxraug data prepare ADAPTER --root PATH --name NAME`"
+            )
+        return PreparedDataset(path)
+    latest = workspace.latest_dataset()
+    if latest is not None:
+        return PreparedDataset(workspace.dataset_dir(latest))
+    console.print(
+        f"[yellow]No prepared dataset in {workspace.root}: preparing the embedded demo dataset "
+        f"{DEMO_DATASET!r} (synthetic phantom images, NOT real X-rays).[/] Use "
+        "`cxraug data prepare ADAPTER --root PATH` for real data."
+    )
+    return prepare_demo(workspace, registry)

@@ -1,0 +1,83 @@
+"""Split assignment: official splits kept, the rest by patient-level stratified ratios."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+
+from cxraug.data.dedup import UnionFind
+from cxraug.errors import OptionsError
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+#: When one group holds images of several official splits, the most held-out split wins.
+HELD_OUT_RANK = {"train": 0, "val": 1, "test": 2}
+
+
+def parse_ratios(text: str) -> tuple[float, float, float]:
+    """``"0.7,0.15,0.15"`` -> train/val/test fractions summing to 1."""
+    try:
+        parts = tuple(float(p) for p in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or any(p < 0 for p in parts) or sum(parts) <= 0:
+        raise OptionsError(
+            f"--split {text!r}: give three non-negative fractions train,val,test, e.g. 0.7,0.15,0.15"
+        )
+    total = sum(parts)
+    if abs(total - 1.0) > 1e-6:
+        raise OptionsError(f"--split {text!r}: the fractions add up to {total:g}, not 1")
+    return parts  # type: ignore[return-value]
+
+
+def assign_splits(
+    labels: Sequence[str],
+    official: Sequence[str | None],
+    groups: UnionFind,
+    ratios: tuple[float, float, float],
+    seed: int,
+) -> tuple[list[str | None], dict[int, str]]:
+    """Split per row, and the rows dropped because their group spans official splits.
+
+    A group is every row linked by patient or duplicate content. Groups with an official split go
+    to the most held-out one among their rows (train rows of a patient also in test are dropped,
+    never moved, so the official test set stays as published). Other groups are assigned whole,
+    stratified by their majority label, to approach ``ratios`` in image counts.
+    """
+    splits: list[str | None] = [None] * len(labels)
+    dropped: dict[int, str] = {}
+    free_groups: list[list[int]] = []
+    for members in groups.groups().values():
+        given = {official[i] for i in members if official[i] is not None}
+        if not given:
+            free_groups.append(members)
+            continue
+        target = max(given, key=lambda s: HELD_OUT_RANK[s])  # type: ignore[index]
+        for i in members:
+            if official[i] is None or official[i] == target:
+                splits[i] = target
+            else:
+                dropped[i] = (
+                    f"official split {official[i]} but the same patient or a duplicate image is "
+                    f"in {target}; dropped to keep {target} free of leakage"
+                )
+    rng = np.random.default_rng(seed)
+    by_label: dict[str, list[list[int]]] = {}
+    for members in free_groups:
+        majority = Counter(labels[i] for i in members).most_common(1)[0][0]
+        by_label.setdefault(majority, []).append(members)
+    for label in sorted(by_label):
+        label_groups = by_label[label]
+        order = rng.permutation(len(label_groups))
+        total = sum(len(g) for g in label_groups)
+        target = np.array(ratios) * total
+        filled = np.zeros(3)
+        for gi in order:
+            members = label_groups[gi]
+            deficit = np.where(target > 0, target - filled, -np.inf)
+            s = int(np.argmax(deficit))
+            filled[s] += len(members)
+            for i in members:
+                splits[i] = SPLITS[s]
+    return splits, dropped

@@ -1,0 +1,156 @@
+"""Decode any chest X-ray file the way it really is (not as its extension says) to 8-bit grayscale."""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Chest X-rays reach ~25 MP; Pillow's default bomb limit (89 MP) is kept, only raised a little.
+Image.MAX_IMAGE_PIXELS = 200_000_000
+
+RESIZE_MODES = ("pad", "crop")
+
+
+class ImageReadError(Exception):
+    """A file that cannot be decoded as an image; the message is the reason for the report."""
+
+
+def _to_uint8_gray(img: Image.Image) -> np.ndarray:
+    """Any Pillow mode to a 2-D uint8 array; high bit depths are min-max scaled."""
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        return _scale_to_uint8(arr)
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        mode = img.mode
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        # Transparent areas of an X-ray are outside the body: show them as black.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(background, rgba)
+    if img.mode != "L":
+        img = img.convert("L")
+    return np.asarray(img, dtype=np.uint8)
+
+
+def _scale_to_uint8(arr: np.ndarray) -> np.ndarray:
+    lo, hi = float(np.min(arr)), float(np.max(arr))
+    if hi <= lo:
+        return np.zeros(arr.shape[:2], dtype=np.uint8)
+    if arr.ndim == 3:
+        arr = arr[..., :3].mean(axis=2)
+    return np.round((arr - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+def array_to_gray(arr: np.ndarray) -> np.ndarray:
+    """An in-memory image (HxW, HxWx3/4; uint8, uint16 or float) as 2-D uint8."""
+    arr = np.asarray(arr)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 3 and arr.shape[2] in (3, 4):
+        if arr.dtype != np.uint8:
+            return _scale_to_uint8(arr.astype(np.float64))
+        img = Image.fromarray(np.ascontiguousarray(arr), "RGB" if arr.shape[2] == 3 else "RGBA")
+        return _to_uint8_gray(img)
+    if arr.ndim != 2:
+        raise ImageReadError(f"array of shape {arr.shape} is not a 2-D grayscale or RGB(A) image")
+    if arr.dtype == np.uint8:
+        return arr
+    return _scale_to_uint8(arr.astype(np.float64))
+
+
+def read_gray(path: Path, target: int | None = None) -> np.ndarray:
+    """Decode ``path`` by content (the extension may lie), apply EXIF rotation, return uint8 2-D.
+
+    ``target`` lets JPEG decoding skip detail finer than needed for a ``target``-pixel result.
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise ImageReadError("empty file (0 bytes)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if target and img.format == "JPEG":
+                    img.draft(img.mode if img.mode in ("L", "RGB") else None, (target, target))
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                return _to_uint8_gray(img)
+    except ImageReadError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageReadError("not an image Pillow can read (unknown or corrupt format)") from None
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise ImageReadError(f"too large to decode safely: {exc}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageReadError(f"could not decode: {exc}") from None
+
+
+def fit_square(gray: np.ndarray, size: int, mode: str = "pad") -> np.ndarray:
+    """Resize keeping the aspect ratio, then pad with black ("pad") or centre-crop ("crop")."""
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"resize mode must be one of {RESIZE_MODES}, got {mode!r}")
+    h, w = gray.shape
+    scale = size / max(h, w) if mode == "pad" else size / min(h, w)
+    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+    img = Image.fromarray(gray, "L")
+    if (new_w, new_h) != (w, h):
+        img = img.resize((new_w, new_h), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    arr = np.asarray(img, dtype=np.uint8)
+    out = np.zeros((size, size), dtype=np.uint8)
+    if mode == "pad":
+        top, left = (size - new_h) // 2, (size - new_w) // 2
+        out[top : top + new_h, left : left + new_w] = arr
+    else:
+        top, left = (new_h - size) // 2, (new_w - size) // 2
+        out[:] = arr[top : top + size, left : left + size]
+    return out
+
+
+_DCT_CACHE: dict[int, np.ndarray] = {}
+
+
+def _dct_matrix(n: int) -> np.ndarray:
+    if n not in _DCT_CACHE:
+        k = np.arange(n)[:, None]
+        i = np.arange(n)[None, :]
+        _DCT_CACHE[n] = np.cos(np.pi * (2 * i + 1) * k / (2 * n))
+    return _DCT_CACHE[n]
+
+
+def perceptual_hash(gray: np.ndarray) -> int:
+    """64-bit DCT perceptual hash: low 8x8 frequencies of a 32x32 thumbnail vs their median."""
+    thumb = np.asarray(Image.fromarray(gray, "L").resize((32, 32), Image.Resampling.BOX), dtype=np.float64)
+    d = _dct_matrix(32)
+    low = (d @ thumb @ d.T)[:8, :8].ravel()
+    bits = low > np.median(low[1:])
+    return int(np.packbits(bits).view(">u8")[0])
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def array_sha256(arr: np.ndarray) -> str:
+    digest = hashlib.sha256(str((arr.shape, arr.dtype.str)).encode())
+    digest.update(np.ascontiguousarray(arr).tobytes())
+    return digest.hexdigest()
+
+
+def decode_source(source: Path | np.ndarray, size: int, mode: str) -> tuple[np.ndarray, str, int]:
+    """(size x size uint8 image, content sha256, perceptual hash) for a file or array."""
+    if isinstance(source, np.ndarray):
+        gray, digest = array_to_gray(source), array_sha256(source)
+    else:
+        gray, digest = read_gray(source, target=size), file_sha256(source)
+    square = fit_square(gray, size, mode)
+    return square, digest, perceptual_hash(square)

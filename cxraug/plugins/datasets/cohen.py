@@ -1,0 +1,244 @@
+"""The COVID-19 image data collection (ieee8023/covid-chestxray-dataset): metadata.csv + images/."""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import ClassVar
+
+from pydantic import Field
+
+from cxraug import hookimpl
+from cxraug.errors import DataError
+from cxraug.hookspecs import Register
+from cxraug.interfaces import DatasetAdapter, PluginOptions, Record
+from cxraug.labels import COVID, NORMAL, PNEUMONIA, PNEUMONIA_BACTERIAL, PNEUMONIA_VIRAL
+
+MAX_LISTED = 10
+
+#: Organisms of the early, flat ``finding`` values (and the leaves of the later hierarchical ones).
+BACTERIAL: frozenset[str] = frozenset(
+    {
+        "bacterial",
+        "streptococcus",
+        "klebsiella",
+        "legionella",
+        "mycoplasma",
+        "mycoplasma bacterial pneumonia",
+        "e.coli",
+        "staphylococcus",
+        "staphylococcus aureus",
+        "mrsa",
+        "chlamydophila",
+        "nocardia",
+        "pseudomonas",
+    }
+)
+VIRAL: frozenset[str] = frozenset(
+    {
+        "viral",
+        "influenza",
+        "h1n1",
+        "varicella",
+        "herpes",
+        "herpes pneumonia",
+        "adenovirus",
+        "rsv",
+    }
+)
+#: Coronaviruses other than SARS-CoV-2 are their own diseases, not "other viral pneumonia".
+OTHER_CORONAVIRUSES = re.compile(r"^(sars|mers)(-cov)?$")
+COVID_NAMES: frozenset[str] = frozenset({"covid-19", "covid19", "covid", "sars-cov-2"})
+#: A complication, not a cause: "Streptococcus, ARDS" is still a bacterial pneumonia.
+COMPLICATIONS: frozenset[str] = frozenset({"ards"})
+
+
+def map_finding(finding: str) -> str | None:
+    """Canonical label for a ``finding`` value of either schema, or None to skip the row."""
+    parts = [p.strip() for p in finding.split(",") if p.strip()]
+    paths = [[c.strip().lower() for c in p.split("/") if c.strip()] for p in parts]
+    paths = [p for p in paths if p]
+    if any(p[-1] in COVID_NAMES for p in paths):
+        return COVID
+    causes = [p for p in paths if p[-1] not in COMPLICATIONS] or paths
+    labels = {_map_path(p) for p in causes}
+    if len(labels) == 1:
+        return labels.pop()
+    return None
+
+
+def _map_path(path: list[str]) -> str | None:
+    if path == ["no finding"]:
+        return NORMAL
+    if path == ["pneumonia"]:
+        return PNEUMONIA
+    if any(OTHER_CORONAVIRUSES.match(c) for c in path):
+        return None
+    # "Pneumonia/Bacterial/Staphylococcus/MRSA": any component naming the kind decides.
+    if any(c in BACTERIAL for c in path):
+        return PNEUMONIA_BACTERIAL
+    if any(c in VIRAL for c in path):
+        return PNEUMONIA_VIRAL
+    return None
+
+
+class CohenAdapter(DatasetAdapter):
+    """COVID-19 image data collection (Cohen et al.): chest X-rays and CTs with metadata.csv.
+
+    Keeps X-ray rows whose ``view`` is among ``views``. Findings map to covid (any COVID-19),
+    pneumonia_bacterial, pneumonia_viral (other than SARS and MERS), normal (``No Finding``) and
+    pneumonia (plain ``Pneumonia``); other findings are skipped and counted in the notes. Reads the
+    early schema (``Patientid``, images in ``images/``) and the later one (``patientid``,
+    hierarchical findings, a ``folder`` column). There is no official split.
+
+    Citation: Cohen, J. P., Morrison, P., Dao, L., Roth, K., Duong, T. Q., Ghassemi, M. "COVID-19
+    Image Data Collection: Prospective Predictions Are the Future." Machine Learning for Biomedical
+    Imaging (2020). https://arxiv.org/abs/2006.11988
+
+    Download: https://github.com/ieee8023/covid-chestxray-dataset (clone it; --root is the clone)
+    """
+
+    name: ClassVar[str] = "cohen"
+    description: ClassVar[str] = "COVID-19 image data collection (ieee8023), metadata.csv + images"
+
+    class Options(PluginOptions):
+        views: tuple[str, ...] = Field(
+            default=("PA", "AP", "AP Supine"),
+            description="X-ray views to keep (case-insensitive); empty keeps every view",
+        )
+        metadata: str = Field(default="metadata.csv", description="metadata file, relative to the root")
+
+    def __init__(self, options: PluginOptions | None = None) -> None:
+        super().__init__(options)
+        self._notes: list[str] = []
+
+    def notes(self) -> list[str]:
+        return list(self._notes)
+
+    def records(self, root: Path | None) -> Iterator[Record]:
+        options: CohenAdapter.Options = self.options  # type: ignore[assignment]
+        self._notes = []
+        if root is None:
+            raise DataError("cohen needs --root: a clone of ieee8023/covid-chestxray-dataset")
+        root = Path(root)
+        if not root.is_dir():
+            raise DataError(f"{root}: dataset root does not exist; pass --root pointing at it")
+        metadata = root / options.metadata
+        if not metadata.is_file():
+            raise DataError(
+                f"{metadata}: metadata file not found; pass --root pointing at the clone of "
+                "ieee8023/covid-chestxray-dataset (it holds metadata.csv and images/)"
+            )
+        views = {v.strip().lower() for v in options.views}
+        not_xray: Counter[str] = Counter()
+        other_view: Counter[str] = Counter()
+        skipped: Counter[str] = Counter()
+        missing: list[str] = []
+        name = metadata.name
+        for lineno, row in _read_rows(metadata):
+            modality = row["modality"]
+            if _squash(modality) != "xray":
+                not_xray[modality or "(empty)"] += 1
+                continue
+            view = row["view"]
+            if views and view.lower() not in views:
+                other_view[view or "(empty)"] += 1
+                continue
+            finding = row["finding"]
+            label = map_finding(finding)
+            if label is None:
+                skipped[finding or "(empty)"] += 1
+                continue
+            folder = row.get("folder") or "images"
+            filename = row["filename"]
+            if not filename:
+                raise DataError(f"{metadata}:{lineno}: empty filename; fill it in or delete the row")
+            path = root / folder / filename
+            if not path.is_file():
+                missing.append(f"{folder}/{filename}")
+                continue
+            yield Record(
+                image=path,
+                label=label,
+                source=self.name,
+                original=path.relative_to(root).as_posix(),
+                patient_id=row["patientid"] or None,
+                view=view or None,
+                split=None,
+                extra={"finding": finding},
+            )
+        if not_xray:
+            self._notes.append(
+                f"skipped {sum(not_xray.values())} rows that are not X-rays: {_counts(not_xray)}"
+            )
+        if other_view:
+            self._notes.append(
+                f"skipped {sum(other_view.values())} X-ray rows with views other than "
+                f"{', '.join(options.views)}: {_counts(other_view)}"
+            )
+        if skipped:
+            self._notes.append(
+                f"skipped {sum(skipped.values())} rows with findings outside the label "
+                f"vocabulary: {_counts(skipped)}"
+            )
+        if missing:
+            listed = ", ".join(missing[:MAX_LISTED])
+            more = f" and {len(missing) - MAX_LISTED} more" if len(missing) > MAX_LISTED else ""
+            self._notes.append(
+                f"{len(missing)} rows in {name} point to missing files, skipped: {listed}{more}"
+            )
+        self._notes.append("no official split in this source")
+
+
+REQUIRED = ("patientid", "finding", "view", "modality", "filename")
+
+
+def _read_rows(metadata: Path) -> Iterator[tuple[int, dict[str, str]]]:
+    """Rows as dicts keyed by lower-cased column name, with the line each row starts on."""
+    name = str(metadata)
+    with metadata.open(encoding="utf-8-sig", newline="") as handle:
+        reader = csv.reader(handle)
+        try:
+            header = next(reader, None)
+            if header is None:
+                raise DataError(f"{name}:1: empty file; expected a metadata.csv header row")
+            columns = [c.strip().lower() for c in header]
+            absent = [c for c in REQUIRED if c not in columns]
+            if absent:
+                raise DataError(
+                    f"{name}:1: missing column(s) {', '.join(absent)} (header has "
+                    f"{', '.join(header)}); is this the covid-chestxray-dataset metadata.csv?"
+                )
+            end = reader.line_num
+            for fields in reader:
+                # Quoted clinical notes may span lines: report the line the row starts on.
+                lineno, end = end + 1, reader.line_num
+                if not fields or all(not f.strip() for f in fields):
+                    continue
+                extra = fields[len(columns) :]
+                if len(fields) < len(columns) or any(f.strip() for f in extra):
+                    raise DataError(
+                        f"{name}:{lineno}: {len(fields)} fields, the header has {len(columns)}; "
+                        "fix the row (quote fields that contain commas) or delete it"
+                    )
+                yield lineno, {c: f.strip() for c, f in zip(columns, fields, strict=False)}
+        except csv.Error as exc:
+            raise DataError(f"{name}:{reader.line_num}: unreadable CSV ({exc}); fix the row") from exc
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{name}: not UTF-8 text ({exc.reason}); re-save it as UTF-8") from exc
+
+
+def _squash(text: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", text.lower())
+
+
+def _counts(counter: Counter[str]) -> str:
+    return ", ".join(f"{key} ({n})" for key, n in counter.most_common())
+
+
+@hookimpl
+def register_datasets(register: Register) -> None:
+    register(CohenAdapter)

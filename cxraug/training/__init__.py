@@ -1,0 +1,1 @@
+"""Shared training engines: checkpoints, run folders, the GAN loop, generation, distribution."""

@@ -1,0 +1,452 @@
+"""The GAN training engine shared by every architecture: data, loop, logs, snapshots, resume."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.progress import TextColumn
+
+from cxraug.data.prepared import PreparedDataset
+from cxraug.errors import DataError, OptionsError, TrainingInterruptedError
+from cxraug.interfaces import GAN, DistContext, GANSpec, PluginOptions
+from cxraug.training import plots
+from cxraug.training.checkpoint import (
+    CHECKPOINT_FORMAT,
+    atomic_save,
+    load_matching,
+    rng_state,
+    safe_load,
+    set_rng_state,
+)
+from cxraug.training.runs import MetricLog, write_json_atomic
+from cxraug.ui import console, progress_bar
+
+log = logging.getLogger(__name__)
+
+#: Samples per label in the fixed-latent grids saved at each snapshot.
+GRID_PER_LABEL = 8
+
+
+@dataclass
+class GANTrainConfig:
+    """Resolved options of a train-gan run (recorded in options.json)."""
+
+    arch: str
+    data: str
+    classes: list[str]
+    size: int
+    batch_size: int = 32
+    epochs: float | None = None
+    kimg: float | None = None
+    seed: int = 0
+    device: str = "auto"
+    snapshot_every: str = "auto"
+    per_class: bool = True
+    transfer: str | None = None
+    log_every: int = 10
+    keep_checkpoints: int = 3
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Unit:
+    """One GAN instance: all labels (conditional/pooled) or a single label (per-class)."""
+
+    name: str
+    labels: list[str]
+    folder: Path
+    images: torch.Tensor  # (N, 1, S, S) uint8
+    targets: torch.Tensor  # (N,) long, indices into labels
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name not in ("cpu", "cuda", "mps"):
+        raise OptionsError(f"--device {name!r}: choose auto, cpu, cuda or mps")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise OptionsError("--device cuda: no CUDA GPU is visible to PyTorch; use --device cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise OptionsError("--device mps: Apple MPS is not available here; use --device cpu")
+    return torch.device(name)
+
+
+def load_images(dataset: PreparedDataset, classes: list[str], size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training images of ``classes`` as uint8 (N, 1, size, size) and label indices into ``classes``."""
+    idx = dataset.indices("train", classes)
+    if len(idx) == 0:
+        raise DataError(f"dataset {dataset.name!r} has no training images of {classes}")
+    images = torch.from_numpy(np.asarray(dataset.images[idx]))[:, None]
+    if size != dataset.size:
+        x = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True)
+        images = x.round().clamp(0, 255).to(torch.uint8)
+    lookup = {c: i for i, c in enumerate(classes)}
+    targets = torch.tensor([lookup[dataset.rows[i]["label"]] for i in idx], dtype=torch.long)
+    return images.contiguous(), targets
+
+
+def parse_interval(text: str, budget_unit: str, total_steps: int, batch: int, steps_per_epoch: int) -> int:
+    """``auto`` / ``5`` / ``2ep`` / ``0.5kimg`` / ``100steps`` -> a snapshot interval in steps."""
+    t = text.strip().lower()
+    if t == "auto":
+        return max(1, math.ceil(total_steps / 10))
+    try:
+        if t.endswith("kimg"):
+            value, unit = float(t[:-4]), "kimg"
+        elif t.endswith("ep"):
+            value, unit = float(t[:-2]), "epochs"
+        elif t.endswith("steps"):
+            value, unit = float(t[:-5]), "steps"
+        else:
+            value, unit = float(t), budget_unit
+    except ValueError:
+        raise OptionsError(
+            f"--snapshot-every {text!r}: use auto, a number (in the budget's unit), or a value "
+            "with a unit: 2ep, 0.5kimg, 100steps"
+        ) from None
+    if value <= 0:
+        raise OptionsError(f"--snapshot-every {text!r}: must be positive")
+    steps = {"kimg": value * 1000 / batch, "epochs": value * steps_per_epoch, "steps": value}[unit]
+    return max(1, round(steps))
+
+
+class GANTrainer:
+    """Trains every unit of a run folder, resuming from the latest checkpoint of each."""
+
+    def __init__(
+        self,
+        cls: type[GAN],
+        options: PluginOptions,
+        config: GANTrainConfig,
+        dataset: PreparedDataset,
+        run_dir: Path,
+        *,
+        dist: DistContext | None = None,
+        device: torch.device | None = None,
+    ) -> None:
+        self.cls, self.options, self.config = cls, options, config
+        self.dataset, self.run_dir = dataset, run_dir
+        self.dist = dist or DistContext()
+        self.device = device or pick_device(config.device)
+        self.units = self._units()
+
+    def _units(self) -> list[Unit]:
+        cfg = self.config
+        if self.cls.conditional or not cfg.per_class or len(cfg.classes) == 1:
+            images, targets = load_images(self.dataset, cfg.classes, cfg.size)
+            if not self.cls.conditional:
+                targets = torch.zeros_like(targets)
+                labels = cfg.classes if len(cfg.classes) == 1 else ["all"]
+            else:
+                labels = cfg.classes
+            return [Unit("all", labels, self.run_dir, images, targets)]
+        units = []
+        for label in cfg.classes:
+            images, _ = load_images(self.dataset, [label], cfg.size)
+            units.append(
+                Unit(
+                    label,
+                    [label],
+                    self.run_dir / label,
+                    images,
+                    torch.zeros(len(images), dtype=torch.long),
+                )
+            )
+        return units
+
+    # ------------------------------------------------------------------ the loop
+
+    def train(self) -> list[dict[str, Any]]:
+        summaries = []
+        for k, unit in enumerate(self.units):
+            summaries.append(self._train_unit(unit, k))
+        return summaries
+
+    def _budget(self, n: int) -> tuple[int, int, int]:
+        """(batch per step, steps per epoch, total steps) for a unit of ``n`` images."""
+        cfg = self.config
+        world = self.dist.world_size
+        batch = min(cfg.batch_size, n)
+        batch -= batch % world
+        if batch < world:
+            raise OptionsError(
+                f"--batch-size {cfg.batch_size} with {n} images and {world} processes leaves less "
+                "than one image per process; use fewer processes or more data"
+            )
+        steps_per_epoch = max(1, n // batch)
+        if cfg.epochs is not None:
+            total = max(1, round(cfg.epochs * steps_per_epoch))
+        else:
+            total = max(1, math.ceil((cfg.kimg or 0) * 1000 / batch))
+        return batch, steps_per_epoch, total
+
+    def build_gan(self, unit: Unit, k: int) -> GAN:
+        cfg = self.config
+        torch.manual_seed(cfg.seed + 1000 * k)
+        spec = GANSpec(
+            image_size=cfg.size,
+            labels=unit.labels,
+            channels=1,
+            device=str(self.device),
+            seed=cfg.seed,
+            dist=self.dist,
+            epochs=int(math.ceil(cfg.epochs or 0)),
+            batch_size=cfg.batch_size,
+        )
+        return self.cls(self.options, spec)
+
+    def _train_unit(self, unit: Unit, k: int) -> dict[str, Any]:
+        cfg, main = self.config, self.dist.is_main
+        unit.folder.mkdir(parents=True, exist_ok=True)
+        ckpt_dir = unit.folder / "checkpoints"
+        status_path = unit.folder / "status.json"
+        batch, steps_per_epoch, total = self._budget(len(unit.images))
+        unit_name = f"{cfg.arch}/{unit.name}"
+        gan = self.build_gan(unit, k)
+        if cfg.transfer and not latest_checkpoint(ckpt_dir):
+            self._transfer(gan, Path(cfg.transfer))
+        start = 0
+        latest = latest_checkpoint(ckpt_dir)
+        if latest is not None:
+            start = self._restore(gan, latest)
+            if main:
+                console.print(f"[cyan]{unit_name}: resuming from {latest.name} (step {start})[/]")
+        else:
+            torch.manual_seed(cfg.seed + 1000 * k + 1 + self.dist.rank)
+        interval = parse_interval(
+            cfg.snapshot_every,
+            "epochs" if cfg.epochs is not None else "kimg",
+            total,
+            batch,
+            steps_per_epoch,
+        )
+        metric_log = MetricLog(unit.folder, resume_step=start) if main else None
+        fixed_z, fixed_labels = self._fixed_latents(gan, unit)
+        if start >= total:
+            if main:
+                self._finish(gan, unit, metric_log, start, total, batch, fixed_z, fixed_labels)
+            return {"unit": unit.name, "steps": start, "kimg": start * batch / 1000}
+        images = unit.images.to(self.device) if self.device.type == "cuda" else unit.images
+        targets = unit.targets.to(images.device)
+        per_rank = batch // self.dist.world_size
+        sums: dict[str, float] = {}
+        n_sum = 0
+        last_losses: dict[str, float] = {}
+        t_last = time.perf_counter()
+        step = start
+        columns = TextColumn("{task.fields[losses]}")
+        progress = progress_bar(columns) if main else None
+        stop = _GracefulStop(enabled=self.dist.world_size == 1)
+        try:
+            if progress:
+                progress.start()
+                task = progress.add_task(unit_name, total=total, completed=start, losses="")
+            perm = None
+            for step in range(start, total):
+                epoch, j = divmod(step, steps_per_epoch)
+                if perm is None or j == 0:
+                    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 7919 * k + epoch)
+                    perm = torch.randperm(len(unit.images), generator=gen)
+                lo = j * batch + self.dist.rank * per_rank
+                idx = perm[lo : lo + per_rank].to(images.device)
+                real = images.index_select(0, idx).to(self.device, non_blocking=True)
+                real = real.float().div_(127.5).sub_(1.0)
+                losses = gan.train_step(real, targets.index_select(0, idx).to(self.device))
+                for key, value in losses.items():
+                    sums[key] = sums.get(key, 0.0) + value
+                n_sum += 1
+                if j == steps_per_epoch - 1:
+                    gan.end_epoch(epoch)
+                done = step + 1
+                if main and (done % cfg.log_every == 0 or done == total):
+                    now = time.perf_counter()
+                    last_losses = {key: v / n_sum for key, v in sums.items()}
+                    row = {
+                        "step": done,
+                        "kimg": round(done * batch / 1000, 4),
+                        "epoch": round(done / steps_per_epoch, 3),
+                        **{key: round(v, 6) for key, v in last_losses.items()},
+                        "img_per_s": round(n_sum * batch / max(now - t_last, 1e-9), 2),
+                    }
+                    metric_log.append(row)  # type: ignore[union-attr]
+                    sums, n_sum, t_last = {}, 0, now
+                if progress:
+                    shown = " ".join(
+                        f"{key}={v:.3f}" for key, v in last_losses.items() if key.startswith("loss")
+                    )
+                    progress.update(task, advance=1, losses=shown)
+                if done % interval == 0 and done < total:
+                    self._snapshot(gan, unit, done, batch, fixed_z, fixed_labels)
+                if stop.requested and done < total:
+                    if progress:
+                        progress.stop()
+                    self._snapshot(gan, unit, done, batch, fixed_z, fixed_labels)
+                    raise TrainingInterruptedError(
+                        f"interrupted at step {done} of {total} ({unit_name}); snapshot saved in "
+                        f"{ckpt_dir}. Continue with `cxraug train-gan --resume auto`"
+                    )
+        finally:
+            stop.restore()
+            if progress:
+                progress.stop()
+        if main:
+            self._snapshot(gan, unit, total, batch, fixed_z, fixed_labels)
+            self._finish(gan, unit, metric_log, total, total, batch, fixed_z, fixed_labels)
+            write_json_atomic(status_path, {"finished": True, "steps": total})
+        return {"unit": unit.name, "steps": total, "kimg": total * batch / 1000}
+
+    # ------------------------------------------------------------------ pieces
+
+    def _fixed_latents(self, gan: GAN, unit: Unit) -> tuple[torch.Tensor, torch.Tensor]:
+        gen = torch.Generator().manual_seed(self.config.seed + 424242)
+        n_labels = len(unit.labels)
+        z = gan.sample_latents(GRID_PER_LABEL * n_labels, gen)
+        labels = torch.arange(n_labels).repeat_interleave(GRID_PER_LABEL)
+        return z, labels
+
+    def _snapshot(
+        self, gan: GAN, unit: Unit, step: int, batch: int, z: torch.Tensor, labels: torch.Tensor
+    ) -> None:
+        if not self.dist.is_main:
+            return
+        ckpt_dir = unit.folder / "checkpoints"
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "arch": self.config.arch,
+            "options": self.options.model_dump(mode="json"),
+            "spec": {"image_size": self.config.size, "labels": unit.labels, "channels": 1},
+            "counters": {"step": step, "kimg": step * batch / 1000, "batch": batch},
+            "networks": {k: v.state_dict() for k, v in gan.networks().items()},
+            "optimizers": {k: v.state_dict() for k, v in gan.optimizers().items()},
+            "schedulers": {k: v.state_dict() for k, v in gan.schedulers().items()},
+            "extra": gan.extra_state(),
+            "rng": rng_state(),
+            "config": asdict(self.config),
+        }
+        atomic_save(state, ckpt_dir / f"ckpt-{step:08d}.pt")
+        for old in sorted(ckpt_dir.glob("ckpt-*.pt"))[: -self.config.keep_checkpoints]:
+            old.unlink()
+        samples = unit.folder / "samples"
+        samples.mkdir(exist_ok=True)
+        with torch.random.fork_rng(devices=[]):
+            images = gan.generate(z.to(self.device), labels.to(self.device))
+        plots.grid(plots.to_uint8(images), rows=len(unit.labels)).save(samples / f"step-{step:08d}.png")
+
+    def _finish(
+        self,
+        gan: GAN,
+        unit: Unit,
+        metric_log: MetricLog | None,
+        step: int,
+        total: int,
+        batch: int,
+        z: torch.Tensor,
+        labels: torch.Tensor,
+    ) -> None:
+        if metric_log is not None:
+            metric_log.flush_csv()
+            plots.loss_plot(metric_log.rows, unit.folder / "losses.png", f"{self.config.arch} {unit.name}")
+        frames = sorted((unit.folder / "samples").glob("step-*.png"))
+        plots.progress_gif(frames, unit.folder / "progress.gif")
+
+    def _restore(self, gan: GAN, path: Path) -> int:
+        state = safe_load(path, map_location=self.device)
+        if state.get("arch") != self.config.arch:
+            raise DataError(f"checkpoint {path}: made by {state.get('arch')!r}, not {self.config.arch!r}")
+        try:
+            for name, module in gan.networks().items():
+                module.load_state_dict(state["networks"][name])
+            for name, opt in gan.optimizers().items():
+                opt.load_state_dict(state["optimizers"][name])
+            for name, sched in gan.schedulers().items():
+                sched.load_state_dict(state["schedulers"][name])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise DataError(
+                f"checkpoint {path}: does not match this run's networks ({str(exc).splitlines()[0]}); "
+                "it was made with other options or another cxraug version"
+            ) from None
+        gan.load_extra_state(state.get("extra", {}))
+        if self.dist.world_size == 1:
+            set_rng_state(state["rng"])
+        else:
+            torch.manual_seed(self.config.seed + state["counters"]["step"] * 7 + self.dist.rank)
+        return int(state["counters"]["step"])
+
+    def _transfer(self, gan: GAN, path: Path) -> None:
+        if path.is_dir():
+            found = latest_checkpoint(path / "checkpoints") or latest_checkpoint(path)
+            if found is None:
+                raise DataError(f"--transfer {path}: no checkpoints in that folder")
+            path = found
+        state = safe_load(path, map_location=self.device)
+        if state.get("arch") != self.config.arch:
+            raise DataError(
+                f"--transfer {path}: a {state.get('arch')!r} checkpoint cannot start a "
+                f"{self.config.arch!r} run"
+            )
+        skipped = []
+        for name, module in gan.networks().items():
+            if name in state["networks"]:
+                skipped += [
+                    f"{name}.{k}"
+                    for k in load_matching(module, state["networks"][name], f"--transfer {path}")
+                ]
+        if self.dist.is_main:
+            console.print(
+                f"[cyan]transfer: started from {path}[/]"
+                + (
+                    f" ({len(skipped)} tensors kept fresh: shapes differ, e.g. {skipped[0]})"
+                    if skipped
+                    else ""
+                )
+            )
+
+
+class _GracefulStop:
+    """First Ctrl-C: finish the current step, save a snapshot, stop. Second: abort at once."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.requested = False
+        self._old: Any = None
+        if enabled and threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        console.print("[yellow]Ctrl-C: finishing this step and saving a snapshot (again to abort)[/]")
+
+    def restore(self) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+            self._old = None
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The newest valid-looking checkpoint file in ``folder``."""
+    if not folder.is_dir():
+        return None
+    found = sorted(folder.glob("ckpt-*.pt"))
+    return found[-1] if found else None
+
+
+def unit_folders(run_dir: Path) -> dict[str, Path]:
+    """Label (or 'all') -> the folder holding that unit's checkpoints."""
+    options = json.loads((run_dir / "options.json").read_text())
+    return {u: (run_dir if u == "all" else run_dir / u) for u in options["units"]}

@@ -1,0 +1,207 @@
+"""``cxraug generate``: stream images from a GAN run or checkpoint into class folders, resumably."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from pydantic import ValidationError
+
+from cxraug.errors import DataError, OptionsError
+from cxraug.interfaces import GAN, GANSpec
+from cxraug.registry import Registry
+from cxraug.training.checkpoint import safe_load
+from cxraug.training.plots import to_uint8
+from cxraug.training.runs import read_options
+from cxraug.ui import progress_bar
+
+MANIFEST_FIELDS = (
+    "file",
+    "label",
+    "index",
+    "seed",
+    "truncation",
+    "arch",
+    "checkpoint",
+    "checkpoint_sha256",
+)
+
+
+@dataclass
+class LoadedGenerator:
+    gan: GAN
+    checkpoint: Path
+    sha256: str
+    arch: str
+    labels: list[str]
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_generator(path: Path, registry: Registry, device: torch.device) -> LoadedGenerator:
+    """Rebuild a GAN from a checkpoint (architecture, options and labels are stored in it)."""
+    state = safe_load(path, map_location=device)
+    cls = registry.get("gan", state["arch"])
+    try:
+        options = cls.Options(**state["options"])
+    except ValidationError as exc:
+        raise DataError(
+            f"checkpoint {path}: its options no longer validate ({exc.errors()[0]['msg']})"
+        ) from None
+    spec_d = state["spec"]
+    spec = GANSpec(
+        image_size=spec_d["image_size"],
+        labels=list(spec_d["labels"]),
+        channels=spec_d.get("channels", 1),
+        device=str(device),
+    )
+    gan = cls(options, spec)
+    try:
+        for name, module in gan.networks().items():
+            module.load_state_dict(state["networks"][name])
+    except (KeyError, RuntimeError) as exc:
+        raise DataError(f"checkpoint {path}: networks do not match ({str(exc).splitlines()[0]})") from None
+    return LoadedGenerator(gan, path, file_sha256(path), state["arch"], list(spec_d["labels"]))
+
+
+def generators_for(
+    run_dir: Path | None, checkpoint: Path | None, registry: Registry, device: torch.device
+) -> dict[str, tuple[LoadedGenerator, int]]:
+    """Label -> (generator, label index within it) for a run (every unit) or one checkpoint."""
+    from cxraug.training.gan_trainer import latest_checkpoint
+
+    paths: list[Path] = []
+    if checkpoint is not None:
+        paths = [checkpoint]
+    else:
+        assert run_dir is not None
+        options = read_options(run_dir)
+        for unit in options["units"]:
+            folder = run_dir if unit == "all" else run_dir / unit
+            found = latest_checkpoint(folder / "checkpoints")
+            if found is None:
+                raise DataError(f"run {run_dir}: unit {unit!r} has no checkpoint yet; train it first")
+            paths.append(found)
+    out: dict[str, tuple[LoadedGenerator, int]] = {}
+    for path in paths:
+        loaded = load_generator(path, registry, device)
+        for i, label in enumerate(loaded.labels):
+            out[label] = (loaded, i)
+    return out
+
+
+def latent_generator(seed: int, label_index: int, index: int) -> torch.Generator:
+    """Image ``index`` of a label always gets the same latent, whatever the batch size."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + label_index * 10_000_019 + index) % (2**63))
+
+
+def _atomic_png(image: Any, path: Path) -> None:
+    buf = io.BytesIO()
+    Image.fromarray(image, "L").save(buf, format="PNG")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(buf.getvalue())
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def read_generated_manifest(out: Path) -> list[dict[str, str]]:
+    path = out / "manifest.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def generate_images(
+    generators: dict[str, tuple[LoadedGenerator, int]],
+    counts: dict[str, int],
+    out: Path,
+    *,
+    seed: int,
+    truncation: float,
+    batch_size: int = 64,
+) -> dict[str, int]:
+    """Write ``counts[label]`` PNGs per label into ``out/label/``; returns how many were new.
+
+    A re-run with the same arguments skips images already written; one with a different
+    checkpoint, seed or truncation into the same folder is refused.
+    """
+    if truncation <= 0:
+        raise OptionsError(f"--truncation {truncation}: must be > 0 (1 = no truncation, 0.7 is common)")
+    for label in counts:
+        if label not in generators:
+            raise OptionsError(f"--label {label!r}: this GAN generates {', '.join(generators)}")
+    out.mkdir(parents=True, exist_ok=True)
+    existing = read_generated_manifest(out)
+    done: dict[str, set[int]] = {}
+    for row in existing:
+        loaded, _ = generators.get(row["label"], (None, 0))
+        if loaded is None:
+            continue
+        if (
+            row["checkpoint_sha256"] != loaded.sha256
+            or int(row["seed"]) != seed
+            or abs(float(row["truncation"]) - truncation) > 1e-9
+        ):
+            raise DataError(
+                f"{out}: holds images made with another checkpoint, seed or truncation "
+                f"({row['file']}); choose another --out to keep both sets"
+            )
+        if (out / row["file"]).is_file():
+            done.setdefault(row["label"], set()).add(int(row["index"]))
+    manifest_path = out / "manifest.csv"
+    new_file = not manifest_path.is_file()
+    written: dict[str, int] = {}
+    todo = {label: [i for i in range(n) if i not in done.get(label, set())] for label, n in counts.items()}
+    total = sum(len(v) for v in todo.values())
+    with open(manifest_path, "a", newline="", encoding="utf-8") as fh, progress_bar() as progress:
+        writer = csv.DictWriter(fh, fieldnames=MANIFEST_FIELDS, lineterminator="\n")
+        if new_file:
+            writer.writeheader()
+        task = progress.add_task(f"generating {total} images", total=total)
+        for label, indices in todo.items():
+            loaded, label_index = generators[label]
+            (out / label).mkdir(exist_ok=True)
+            written[label] = 0
+            for start in range(0, len(indices), batch_size):
+                chunk = indices[start : start + batch_size]
+                z = torch.cat(
+                    [loaded.gan.sample_latents(1, latent_generator(seed, label_index, i)) for i in chunk]
+                )
+                labels = torch.full((len(chunk),), label_index, dtype=torch.long)
+                device = torch.device(loaded.gan.spec.device)
+                images = to_uint8(loaded.gan.generate(z.to(device), labels.to(device), truncation))
+                for i, image in zip(chunk, images, strict=True):
+                    rel = f"{label}/{label}-s{seed}-{i:06d}.png"
+                    _atomic_png(image, out / rel)
+                    writer.writerow(
+                        {
+                            "file": rel,
+                            "label": label,
+                            "index": i,
+                            "seed": seed,
+                            "truncation": truncation,
+                            "arch": loaded.arch,
+                            "checkpoint": str(loaded.checkpoint),
+                            "checkpoint_sha256": loaded.sha256,
+                        }
+                    )
+                fh.flush()
+                written[label] += len(chunk)
+                progress.advance(task, len(chunk))
+    return written
