@@ -192,16 +192,30 @@ class AugmentedImage:
     provenance: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass
+class AugmentRequest:
+    """What an augmenter is asked for: ``counts[label]`` new images from the real training set."""
+
+    images: np.ndarray  # (N, S, S) uint8, the real training images (read-only, maybe memory-mapped)
+    labels: list[str]  # label of each image
+    counts: dict[str, int]  # new images wanted per label
+    seed: int
+    size: int
+    #: Services from the core: ``workspace`` (cxraug.workspace.Workspace), ``registry``
+    #: (cxraug.registry.Registry), ``device`` (str); absent keys mean "not available".
+    context: dict[str, Any] = field(default_factory=dict)
+
+
 class Augmenter(Plugin, ABC):
     """Makes new training images for a label (classic transforms, a GAN, ...)."""
 
     kind: ClassVar[str] = "augmenter"
+    #: The manifest ``origin`` of the images it makes.
+    origin: ClassVar[str] = "augmented"
 
     @abstractmethod
-    def augment(
-        self, images: np.ndarray, labels: list[str], counts: dict[str, int], seed: int
-    ) -> Iterator[AugmentedImage]:
-        """Yield ``counts[label]`` new images per label from the real training ``images``."""
+    def augment(self, request: AugmentRequest) -> Iterator[AugmentedImage]:
+        """Yield exactly ``request.counts[label]`` images per label, deterministic by seed."""
 
 
 # -------------------------------------------------------------------------------------- classifiers
@@ -211,13 +225,24 @@ class Classifier(Plugin, ABC):
     """An image classifier architecture that the training engine fits on a prepared dataset."""
 
     kind: ClassVar[str] = "classifier"
-    #: Square input size the network expects.
+    #: Square input size the network expects (the engine resizes batches to it).
     input_size: ClassVar[int] = 224
+    #: Learning rate when the user gives no --lr.
     default_lr: ClassVar[float] = 1e-3
+    #: Whether ImageNet weights are used unless --no-pretrained (False for from-scratch models).
+    pretrained_by_default: ClassVar[bool] = True
 
     @abstractmethod
     def build(self, num_classes: int, *, pretrained: bool, weights: Path | None) -> nn.Module:
-        """The network: (B, 1, S, S) float input in [0, 1], (B, num_classes) logits out."""
+        """The network: (B, 1, S, S) float in [0, 1] at ``input_size`` in, (B, num_classes) logits out.
+
+        ``weights`` is a local file of the backbone's pretrained weights (used instead of a
+        download); raise CxrError with the expected file name when they cannot be had.
+        """
+
+    def param_groups(self, model: nn.Module, lr: float) -> list[dict[str, Any]]:
+        """Optimizer parameter groups (e.g. frozen backbone excluded); default: all trainable."""
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr}]
 
 
 # ------------------------------------------------------------------------------------------ metrics
@@ -225,25 +250,46 @@ class Classifier(Plugin, ABC):
 
 @dataclass
 class MetricInputs:
-    """What a metric may use; a metric lists the fields it needs in ``requires``."""
+    """What a metric may use; a metric lists the fields it needs in ``requires``.
 
-    real: np.ndarray | None = None  # (N, S, S) uint8
-    generated: np.ndarray | None = None  # (M, S, S) uint8
-    y_true: np.ndarray | None = None  # (K,) int
-    y_score: np.ndarray | None = None  # (K, C) probabilities
+    Images are (N, S, S) uint8 arrays; ``real`` is the evaluated real split, ``train`` the real
+    training split (for memorisation), ``generated`` the synthetic images; ``*_labels`` give the
+    label of each image. ``y_true``/``y_score`` are a classifier's test-split targets and class
+    probabilities. ``context`` carries core services (``features``: a cached feature extractor,
+    ``device``, ``options``) and ``out_dir`` is where a metric may write figures.
+    """
+
+    real: np.ndarray | None = None
+    real_labels: list[str] | None = None
+    train: np.ndarray | None = None
+    generated: np.ndarray | None = None
+    generated_labels: list[str] | None = None
+    y_true: np.ndarray | None = None
+    y_score: np.ndarray | None = None
     labels: list[str] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
+    out_dir: Path | None = None
+    context: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class MetricResult:
+    """Named numbers, plus files a metric wrote (figures) and tables for the report."""
+
+    values: dict[str, float]
+    artifacts: dict[str, Path] = field(default_factory=dict)
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
 class Metric(Plugin, ABC):
     """A number (or several) describing generated images or a classifier."""
 
     kind: ClassVar[str] = "metric"
+    #: Fields of MetricInputs this metric needs (e.g. {"real", "generated"} or {"y_true", "y_score"}).
     requires: ClassVar[frozenset[str]] = frozenset()
 
     @abstractmethod
-    def compute(self, inputs: MetricInputs) -> dict[str, float]:
-        """Named values; missing required inputs are the core's to report, not the metric's."""
+    def compute(self, inputs: MetricInputs) -> MetricResult:
+        """Compute from the inputs; missing required inputs are the core's to report, not the metric's."""
 
 
 INTERFACES: dict[str, type[Plugin]] = {

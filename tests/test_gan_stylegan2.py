@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import time
 from typing import Any
 
 import pytest
@@ -289,22 +288,3 @@ def test_r1_gamma_heuristic_and_lazy_compensation() -> None:
     assert group["betas"] == pytest.approx((0.0, 0.99**c))
     # Path length off by default: G's optimizer is not compensated.
     assert gan.opt_g.param_groups[0]["lr"] == pytest.approx(0.0025)
-
-
-def test_speed_report(capsys: pytest.CaptureFixture[str]) -> None:
-    """Rough training throughput at 64x64 (printed, not asserted)."""
-    torch.manual_seed(0)
-    batch = 4
-    spec = GANSpec(image_size=64, labels=LABELS, batch_size=batch)
-    options = StyleGAN2Options(channel_base=4096, channel_max=128, z_dim=128, w_dim=128, mapping_layers=2)
-    gan = StyleGAN2(options, spec)
-    real = torch.rand(batch, 1, 64, 64) * 2 - 1
-    labels = torch.randint(0, 3, (batch,))
-    gan.train_step(real, labels)  # warm-up (includes the R1 step at step 0)
-    start = time.perf_counter()
-    steps = 2
-    for _ in range(steps):
-        gan.train_step(real, labels)
-    rate = steps * batch / (time.perf_counter() - start)
-    with capsys.disabled():
-        print(f"\nstylegan2 64px (channels<=128, batch {batch}, 1 CPU thread): {rate:.1f} images/s")

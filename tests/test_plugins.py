@@ -180,7 +180,7 @@ def test_register_hook_reaches_the_registry(hook_name: str, kind: str) -> None:
             "sample_latents": lambda self, n, generator: None,
             "generate": lambda self, z, labels, truncation=1.0: None,
         },
-        "augmenter": {"augment": lambda self, images, labels, counts, seed: iter([])},
+        "augmenter": {"augment": lambda self, request: iter([])},
         "classifier": {"build": lambda self, num_classes, pretrained, weights: None},
         "metric": {"compute": lambda self, inputs: {"x": 1.0}},
     }

@@ -79,6 +79,15 @@ ConfigOpt = Annotated[
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the resolved options and stop.")]
 
 
+def split_list(values: Any) -> list[str]:
+    """``["a,b", "c"]`` (repeated or comma-separated flags, or a config list) -> ``["a", "b", "c"]``."""
+    if values is None:
+        return []
+    if isinstance(values, str):
+        values = [values]
+    return [v.strip() for item in values for v in str(item).split(",") if v.strip()]
+
+
 def workspace_from(path: Path | None) -> Workspace:
     return Workspace.from_option(path)
 

@@ -22,6 +22,7 @@ from cxraug.cli.common import (
     load_config_and_opts,
     plugin_options,
     print_json,
+    split_list,
     workspace_from,
 )
 from cxraug.data.prepare import PrepareSettings, Source, prepare_dataset
@@ -31,10 +32,6 @@ from cxraug.data.splits import SPLITS, parse_ratios
 from cxraug.errors import OptionsError
 from cxraug.options import options_table, to_jsonable
 from cxraug.ui import console
-
-
-def _split_list(values: list[str] | None) -> list[str]:
-    return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
 
 
 def _parse_map(values: list[str] | None) -> dict[str, str]:
@@ -168,7 +165,7 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
             ratios=parse_ratios(values["split"]),
             seed=int(values["seed"]),
             classes=tuple(
-                _split_list(classes_v if isinstance(classes_v, list) else [classes_v]) if classes_v else []
+                split_list(classes_v if isinstance(classes_v, list) else [classes_v]) if classes_v else []
             ),
             label_map=_parse_map(values["label_map"])
             if not isinstance(values["label_map"], dict)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import shutil
 import sys
 from dataclasses import asdict
@@ -22,6 +21,7 @@ from cxraug.cli.common import (
     handle_errors,
     load_config_and_opts,
     print_json,
+    split_list,
     workspace_from,
 )
 from cxraug.data.resolve import open_dataset
@@ -33,15 +33,12 @@ from cxraug.training.generate import generate_images, generators_for
 from cxraug.training.runs import (
     list_runs,
     new_run_dir,
+    now_iso,
     read_options,
     resolve_run,
     write_json_atomic,
 )
 from cxraug.ui import console
-
-
-def _split_list(values: list[str] | None) -> list[str]:
-    return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
 
 
 def _parse_counts(text: str) -> dict[str, int]:
@@ -191,9 +188,7 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
             table = cfg_file.get("gan", {}).get(v["arch"], {})
             options = resolve_options(cls.Options, plugin=f"gan {v['arch']}", config=table, opts=opts)
             dataset = open_dataset(ws, registry, v["data"])
-            wanted = _split_list(
-                v["classes"] if isinstance(v["classes"], list) else [v["classes"]] if v["classes"] else []
-            )
+            wanted = split_list(v["classes"])
             unknown = [c for c in wanted if c not in dataset.classes]
             if unknown:
                 raise OptionsError(
@@ -237,8 +232,8 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
         if nproc_v > 1 and not distributed.in_torchrun():
             if run_dir is None:
                 run_dir = _start_run(ws, train_config, dataset, cls)
-            argv = [a for a in _strip_flag(sys.argv[1:], "--nproc")]
-            argv = _strip_flag(argv, "--resume") + ["--resume", str(run_dir)]
+            argv = [a for a in distributed.strip_flag(sys.argv[1:], "--nproc")]
+            argv = distributed.strip_flag(argv, "--resume") + ["--resume", str(run_dir)]
             console.print(f"launching {nproc_v} processes (torchrun) for {run_dir}")
             code = distributed.launch(nproc_v, argv)
             if code:
@@ -275,7 +270,7 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
             distributed.barrier()
             if dist_ctx.is_main:
                 saved = read_options(run_dir)
-                saved.update(status="finished", finished=_now())
+                saved.update(status="finished", finished=now_iso())
                 write_json_atomic(run_dir / "options.json", saved)
                 _report_done(run_dir)
         finally:
@@ -345,10 +340,6 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
         console.print(f"manifest: {target / 'manifest.csv'}")
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")
-
-
 def _start_run(ws, train_config: GANTrainConfig, dataset, cls) -> Path:
     run_dir = new_run_dir(ws, "gan", f"{train_config.arch}-{dataset.name}")
     if cls.conditional or not train_config.per_class or len(train_config.classes) == 1:
@@ -360,7 +351,7 @@ def _start_run(ws, train_config: GANTrainConfig, dataset, cls) -> Path:
         {
             "kind": "gan",
             "arch": train_config.arch,
-            "started": _now(),
+            "started": now_iso(),
             "status": "running",
             "cxraug_version": __version__,
             "command": ["cxraug", *sys.argv[1:]],
@@ -385,21 +376,6 @@ def _resume_target(ws, resume: str, arch: str | None) -> Path | None:
     if not runs:
         return None
     return runs[-1]
-
-
-def _strip_flag(argv: list[str], flag: str) -> list[str]:
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-            continue
-        if a == flag:
-            skip = True
-            continue
-        if a.startswith(flag + "="):
-            continue
-        out.append(a)
-    return out
 
 
 def _report_done(run_dir: Path) -> None:

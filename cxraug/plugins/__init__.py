@@ -33,6 +33,19 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "cxraug.plugins.gans.cgan",
     "cxraug.plugins.gans.acgan",
     "cxraug.plugins.gans.stylegan2",
+    "cxraug.plugins.classifiers.alexnet",
+    "cxraug.plugins.classifiers.vgg16",
+    "cxraug.plugins.classifiers.resnet50",
+    "cxraug.plugins.classifiers.inception_v3",
+    "cxraug.plugins.classifiers.cnn",
+    "cxraug.plugins.classifiers.densenet121",
+    "cxraug.plugins.augmenters.classic",
+    "cxraug.plugins.augmenters.synthetic",
+    "cxraug.plugins.metrics.fid",
+    "cxraug.plugins.metrics.kid",
+    "cxraug.plugins.metrics.prdc",
+    "cxraug.plugins.metrics.memorization",
+    "cxraug.plugins.metrics.roc",
 )
 
 #: Which hook fills which registry kind.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 import sys
@@ -35,7 +36,11 @@ def init_distributed(device: torch.device) -> tuple[DistContext, torch.device]:
         if not any(p.requires_grad for p in module.parameters()):
             return module
         ids = [device.index] if device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+        # Buffers (BatchNorm statistics, w_avg) stay per process during training; torch >= 2.13
+        # renamed the flag that says so.
+        params = inspect.signature(nn.parallel.DistributedDataParallel).parameters
+        flag = "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
+        return nn.parallel.DistributedDataParallel(module, device_ids=ids, **{flag: False})
 
     def all_reduce_grads(module: nn.Module) -> None:
         grads = [p.grad for p in module.parameters() if p.grad is not None]
@@ -69,6 +74,19 @@ def broadcast_str(value: str | None) -> str | None:
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def strip_flag(argv: list[str], flag: str) -> list[str]:
+    """``argv`` without ``flag VALUE`` / ``flag=VALUE`` (to re-issue a command under torchrun)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == flag:
+            skip = True
+        elif not a.startswith(flag + "="):
+            out.append(a)
+    return out
 
 
 def launch(nproc: int, argv: list[str]) -> int:

@@ -15,6 +15,10 @@ from cxraug.workspace import Workspace
 OPTIONS_FILE = "options.json"
 
 
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")
+
+
 def new_run_dir(workspace: Workspace, kind: str, label: str) -> Path:
     """A fresh, uniquely named run folder under runs/KIND/."""
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")

