@@ -88,6 +88,21 @@ def split_list(values: Any) -> list[str]:
     return [v.strip() for item in values for v in str(item).split(",") if v.strip()]
 
 
+def parse_counts(text: str, flag: str) -> dict[str, int]:
+    """``"covid=600,normal=400"`` -> counts per label."""
+    out: dict[str, int] = {}
+    for part in text.split(","):
+        label, sep, n = part.partition("=")
+        try:
+            value = int(n)
+        except ValueError:
+            value = -1
+        if not sep or not label.strip() or value < 0:
+            raise OptionsError(f"{flag} {text!r}: expected LABEL=N,..., e.g. covid=600,normal=400")
+        out[label.strip()] = value
+    return out
+
+
 def workspace_from(path: Path | None) -> Workspace:
     return Workspace.from_option(path)
 

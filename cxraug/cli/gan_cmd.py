@@ -20,6 +20,7 @@ from cxraug.cli.common import (
     apply_command_config,
     handle_errors,
     load_config_and_opts,
+    parse_counts,
     print_json,
     split_list,
     workspace_from,
@@ -39,21 +40,6 @@ from cxraug.training.runs import (
     write_json_atomic,
 )
 from cxraug.ui import console
-
-
-def _parse_counts(text: str) -> dict[str, int]:
-    out = {}
-    for part in text.split(","):
-        label, sep, n = part.partition("=")
-        try:
-            out[label.strip()] = int(n)
-        except ValueError:
-            raise OptionsError(
-                f"--per-class {text!r}: expected LABEL=N,..., e.g. covid=600,normal=400"
-            ) from None
-        if not sep or out[label.strip()] < 0:
-            raise OptionsError(f"--per-class {text!r}: expected LABEL=N,..., e.g. covid=600,normal=400")
-    return out
 
 
 def add_commands(app: typer.Typer, ctx: AppContext) -> None:
@@ -317,7 +303,7 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
         gens = generators_for(run_dir, checkpoint, ctx.registry, pick_device(device))
         labels = list(gens)
         if per_class is not None:
-            counts = _parse_counts(per_class)
+            counts = parse_counts(per_class, "--per-class")
         elif label is not None:
             counts = {label: n}
         else:

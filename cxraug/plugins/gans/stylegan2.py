@@ -156,6 +156,9 @@ class StyleGAN2(GAN):
     name: ClassVar[str] = "stylegan2"
     description: ClassVar[str] = "StyleGAN2 + ADA/DiffAugment (Karras et al. 2020), conditional"
     conditional: ClassVar[bool] = True
+    #: Length of a run without --kimg/--epochs: a smoke run (~2-3 min on a laptop CPU at 64 px);
+    #: real training needs thousands of kimg on a GPU.
+    default_kimg: ClassVar[float] = 0.2
     Options: ClassVar[type[PluginOptions]] = StyleGAN2Options
 
     def __init__(self, options: PluginOptions | None, spec: GANSpec) -> None:
