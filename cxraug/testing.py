@@ -210,3 +210,34 @@ def check_gan_plugin(
             "is a counter missing from extra_state?"
         )
     return gan
+
+
+def make_standin_inception(path: Path, seed: int = 0) -> Path:
+    """Write a tiny TorchScript stand-in for clean-fid's Inception file (same ``layers`` interface).
+
+    It maps a (B, 3, 299, 299) batch scaled like clean-fid's input to (B, 2048) features in a fraction
+    of a second, so tests can run ``cxraug evaluate --inception-weights PATH`` offline and fast. Its
+    numbers mean nothing about image quality.
+    """
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    layers = nn.Sequential(nn.AdaptiveAvgPool2d(8), nn.Flatten(), nn.Linear(3 * 64, 2048), nn.ReLU())
+
+    class StandIn(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layers = layers
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.layers(x)
+
+    torch.jit.script(StandIn().eval()).save(str(path))
+    return path
+
+
+@pytest.fixture
+def standin_inception(tmp_path: Path) -> Path:
+    """Path of a tiny stand-in Inception TorchScript file (see make_standin_inception)."""
+    return make_standin_inception(tmp_path / "standin-inception.pt")

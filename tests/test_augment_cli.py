@@ -15,15 +15,44 @@ from cxraug.data.prepared import PreparedDataset
 @pytest.fixture
 def gan_workspace(cxraug_cli, cxraug_workspace):
     """A 3-class phantom dataset (imbalanced) and a tiny conditional GAN trained on it."""
-    result = cxraug_cli("data", "prepare", "phantom", "--size", "16", "--name", "base", "--opt", "n_per_class=12",
-                        "--opt", "classes=covid,normal,pneumonia")
+    result = cxraug_cli(
+        "data",
+        "prepare",
+        "phantom",
+        "--size",
+        "16",
+        "--name",
+        "base",
+        "--opt",
+        "n_per_class=12",
+        "--opt",
+        "classes=covid,normal,pneumonia",
+    )
     assert result.exit_code == 0, result.output
     # a second, newer dataset: augment must still default to the GAN run's dataset
-    result = cxraug_cli("train-gan", "acgan", "--data", "base", "--kimg", "0.016", "--batch-size", "8",
-                        "--opt", "latent_dim=8", "--opt", "ngf=8", "--opt", "ndf=8")
+    result = cxraug_cli(
+        "train-gan",
+        "acgan",
+        "--data",
+        "base",
+        "--kimg",
+        "0.016",
+        "--batch-size",
+        "8",
+        "--opt",
+        "latent_dim=8",
+        "--opt",
+        "ngf=8",
+        "--opt",
+        "ndf=8",
+    )
     assert result.exit_code == 0, result.output
-    assert cxraug_cli("data", "prepare", "phantom", "--size", "16", "--name", "other",
-                      "--opt", "n_per_class=3").exit_code == 0
+    assert (
+        cxraug_cli(
+            "data", "prepare", "phantom", "--size", "16", "--name", "other", "--opt", "n_per_class=3"
+        ).exit_code
+        == 0
+    )
     return cxraug_workspace
 
 
@@ -40,7 +69,9 @@ def test_synthetic_and_classic_counts_origins_and_untouched_splits(cxraug_cli, g
     info = json.loads((aug.path / "info.json").read_text())
     assert info["augmented_from"]["name"] == "base"
     new = [r for r in aug.rows if r["origin"] != "real"]
-    assert sum(r["origin"] == "synthetic" for r in new) == 7 and sum(r["origin"] == "classic" for r in new) == 5
+    assert (
+        sum(r["origin"] == "synthetic" for r in new) == 7 and sum(r["origin"] == "classic" for r in new) == 5
+    )
     assert all(r["split"] == "train" for r in new)
     synth = [json.loads(r["provenance"]) for r in new if r["origin"] == "synthetic"]
     assert all("gan_run" in p and "checkpoint_sha256" in p and p["seed"] for p in synth)
@@ -68,16 +99,41 @@ def test_label_and_per_class(cxraug_cli, gan_workspace) -> None:
 
 
 def test_quality_filter_with_a_real_classifier(cxraug_cli, gan_workspace) -> None:
-    assert cxraug_cli("train-classifier", "cnn", "--data", "base", "--epochs", "1", "--batch-size", "8").exit_code == 0
+    assert (
+        cxraug_cli(
+            "train-classifier", "cnn", "--data", "base", "--epochs", "1", "--batch-size", "8"
+        ).exit_code
+        == 0
+    )
     runs = sorted((gan_workspace.runs_dir / "classifier").iterdir())
-    ok = cxraug_cli("augment", "--synthetic", "3", "--filter", str(runs[-1]), "--min-confidence", "0.0",
-                    "--name", "filtered")
+    ok = cxraug_cli(
+        "augment",
+        "--synthetic",
+        "3",
+        "--filter",
+        str(runs[-1]),
+        "--min-confidence",
+        "0.0",
+        "--name",
+        "filtered",
+    )
     assert ok.exit_code == 0, ok.output
     ds = PreparedDataset(gan_workspace.dataset_dir("filtered"))
     prov = [json.loads(r["provenance"]) for r in ds.rows if r["origin"] == "synthetic"]
     assert len(prov) == 3 and all("confidence" in p for p in prov)
-    impossible = cxraug_cli("augment", "--synthetic", "3", "--filter", str(runs[-1]), "--min-confidence", "1.0",
-                            "--name", "never", "--opt", "synthetic.max_tries=1")
+    impossible = cxraug_cli(
+        "augment",
+        "--synthetic",
+        "3",
+        "--filter",
+        str(runs[-1]),
+        "--min-confidence",
+        "1.0",
+        "--name",
+        "never",
+        "--opt",
+        "synthetic.max_tries=1",
+    )
     assert impossible.exit_code == 2 and "min_confidence" in impossible.output
     assert not gan_workspace.dataset_dir("never").exists()
 

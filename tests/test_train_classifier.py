@@ -19,8 +19,21 @@ from cxraug.training.runs import list_runs
 
 @pytest.fixture
 def small_data(cxraug_cli) -> str:
-    result = cxraug_cli("data", "prepare", "phantom", "--size", "32", "--name", "small",
-                        "--opt", "n_per_class=10", "--opt", "classes=covid,normal", "--split", "0.6,0.2,0.2")
+    result = cxraug_cli(
+        "data",
+        "prepare",
+        "phantom",
+        "--size",
+        "32",
+        "--name",
+        "small",
+        "--opt",
+        "n_per_class=10",
+        "--opt",
+        "classes=covid,normal",
+        "--split",
+        "0.6,0.2,0.2",
+    )
     assert result.exit_code == 0, result.output
     return "small"
 
@@ -32,8 +45,19 @@ def _latest(ws) -> Path:
 @pytest.mark.parametrize("arch", ["alexnet", "vgg16", "resnet50", "inception_v3", "cnn", "densenet121"])
 def test_every_classifier_trains(arch, cxraug_cli, cxraug_workspace, small_data) -> None:
     torch.set_num_threads(2)
-    result = cxraug_cli("train-classifier", arch, "--data", small_data, "--epochs", "1", "--batch-size", "4",
-                        "--no-pretrained", "--class-weights", "balanced")
+    result = cxraug_cli(
+        "train-classifier",
+        arch,
+        "--data",
+        small_data,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--no-pretrained",
+        "--class-weights",
+        "balanced",
+    )
     assert result.exit_code == 0, result.output
     run = _latest(cxraug_workspace)
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
@@ -62,8 +86,21 @@ def test_resume_continues_and_matches_straight_run(cxraug_cli, cxraug_workspace,
 
 
 def test_best_epoch_is_selected_on_validation(cxraug_cli, cxraug_workspace, small_data) -> None:
-    assert cxraug_cli("train-classifier", "cnn", "--data", small_data, "--epochs", "3", "--batch-size", "4",
-                      "--lr", "0.01").exit_code == 0
+    assert (
+        cxraug_cli(
+            "train-classifier",
+            "cnn",
+            "--data",
+            small_data,
+            "--epochs",
+            "3",
+            "--batch-size",
+            "4",
+            "--lr",
+            "0.01",
+        ).exit_code
+        == 0
+    )
     run = _latest(cxraug_workspace)
     rows = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
     best_state = torch.load(run / "best.pt", weights_only=True)
@@ -101,8 +138,23 @@ def test_dry_run_shows_published_learning_rate(cxraug_cli, small_data) -> None:
 @pytest.mark.slow
 def test_classifier_ddp_two_processes(cxraug_workspace, small_data) -> None:
     env = {**os.environ, "CXRAUG_DISABLE_PLUGINS": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "cxraug", "train-classifier", "cnn", "--data", small_data, "--epochs", "1",
-           "--batch-size", "4", "--nproc", "2", "--workspace", str(cxraug_workspace.root)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cxraug",
+        "train-classifier",
+        "cnn",
+        "--data",
+        small_data,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--nproc",
+        "2",
+        "--workspace",
+        str(cxraug_workspace.root),
+    ]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     options = json.loads((_latest(cxraug_workspace) / "options.json").read_text())

@@ -63,7 +63,12 @@ class Memorization(Metric):
         o = self.options
         assert isinstance(o, MemorizationOptions)
         assert inputs.train is not None and inputs.generated is not None
-        holdout = inputs.real if o.reference in ("auto", "holdout") else None
+        # The held-out reference: real images the GAN never saw (the core passes the evaluated
+        # split as context["holdout"]); the real images of FID may be the training split itself.
+        candidate = inputs.context.get("holdout", inputs.real)
+        if candidate is not None and inputs.train is not None and candidate is inputs.train:
+            candidate = None
+        holdout = candidate if o.reference in ("auto", "holdout") else None
         if o.reference == "holdout" and holdout is None:
             raise CxrError("memorization: reference=holdout needs the real split, which was not given")
         if o.space == "pixel":

@@ -1,0 +1,1 @@
+"""Evaluation: gather real, generated and predicted inputs, run metric plugins, write reports."""
