@@ -225,8 +225,9 @@ class Classifier(Plugin, ABC):
     """An image classifier architecture that the training engine fits on a prepared dataset."""
 
     kind: ClassVar[str] = "classifier"
-    #: Square input size the network expects (the engine resizes batches to it).
-    input_size: ClassVar[int] = 224
+    #: Square input size the network expects (the engine resizes batches to it); an instance may
+    #: set its own from an option.
+    input_size: int = 224
     #: Learning rate when the user gives no --lr.
     default_lr: ClassVar[float] = 1e-3
     #: Whether ImageNet weights are used unless --no-pretrained (False for from-scratch models).

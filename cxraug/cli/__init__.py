@@ -9,13 +9,21 @@ from typing import Annotated
 import typer
 
 from cxraug import __version__
-from cxraug.cli import augment_cmd, classify_cmd, data_cmd, evaluate_cmd, gan_cmd, plugins_cmd
+from cxraug.cli import (
+    augment_cmd,
+    classify_cmd,
+    data_cmd,
+    evaluate_cmd,
+    experiment_cmd,
+    gan_cmd,
+    plugins_cmd,
+)
 from cxraug.cli.common import AppContext
 from cxraug.errors import CxrError
 from cxraug.plugins import PluginManager, get_plugin_manager
 from cxraug.ui import console
 
-COMMAND_FAMILIES = (plugins_cmd, data_cmd, gan_cmd, augment_cmd, classify_cmd, evaluate_cmd)
+COMMAND_FAMILIES = (plugins_cmd, data_cmd, gan_cmd, augment_cmd, classify_cmd, evaluate_cmd, experiment_cmd)
 
 
 def _version(value: bool) -> None:

@@ -187,7 +187,7 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
                         "config": asdict(train_config),
                         "options": options,
                         "dataset": str(dataset.path),
-                        "input_size": cls.input_size,
+                        "input_size": cls(options).input_size,
                         "lr": train_config.lr if train_config.lr is not None else cls.default_lr,
                     }
                 )

@@ -1,10 +1,15 @@
-"""Reports people can read: report.md beside its figures, and a self-contained report.html."""
+"""Reports people can read: report.md beside its figures, and a self-contained report.html.
+
+Reports are written once as Markdown; the HTML version is rendered from it with the figures
+embedded (base64), so the two never disagree and the HTML file can be mailed on its own.
+"""
 
 from __future__ import annotations
 
 import base64
 import html
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,16 +19,91 @@ FIGURE_TITLES = {
     "samples": "Real (upper row) vs generated (lower row) images per label",
     "memorization.pairs": "Closest (generated, training) pairs: look for copies",
 }
+_STYLE = (
+    "body{font-family:sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}"
+    "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}"
+    "img{max-width:100%;image-rendering:pixelated;border:1px solid #eee}code{background:#f4f4f4}"
+)
+_IMAGE = re.compile(r"^!\[(?P<alt>[^\]]*)\]\((?P<src>[^)]+)\)$")
+_CODE = re.compile(r"`([^`]+)`")
+_BOLD = re.compile(r"\*\*([^*]+)\*\*")
 
 
-def _fmt(value: Any) -> str:
+def fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
     return str(value)
 
 
-def _value_rows(doc: dict[str, Any]) -> list[tuple[str, str, str]]:
-    return [(metric, key, _fmt(v)) for metric, values in doc["values"].items() for key, v in values.items()]
+def table_md(rows: list[dict[str, Any]]) -> list[str]:
+    """A Markdown table from dict rows (columns from the first row)."""
+    if not rows:
+        return []
+    cols = list(rows[0])
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    out += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return out
+
+
+def _inline(text: str) -> str:
+    text = html.escape(text)
+    text = _CODE.sub(r"<code>\1</code>", text)
+    return _BOLD.sub(r"<b>\1</b>", text)
+
+
+def markdown_to_html(markdown: str, base: Path, title: str) -> str:
+    """Render the Markdown subset cxraug writes (headings, lists, tables, images, paragraphs)."""
+    out = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{_STYLE}</style></head><body>"
+    ]
+    lines = markdown.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            out.append(f"<h{level}>{_inline(line[level:].strip())}</h{level}>")
+        elif line.startswith("- "):
+            out.append("<ul>")
+            while i < len(lines) and lines[i].startswith("- "):
+                out.append(f"<li>{_inline(lines[i][2:])}</li>")
+                i += 1
+            out.append("</ul>")
+            continue
+        elif line.startswith("|"):
+            rows = []
+            while i < len(lines) and lines[i].startswith("|"):
+                if not re.match(r"^\|(-+\|)+$", lines[i].replace(" ", "")):
+                    rows.append([c.strip() for c in lines[i].strip().strip("|").split("|")])
+                i += 1
+            out.append("<table>")
+            out.append("<tr>" + "".join(f"<th>{_inline(c)}</th>" for c in rows[0]) + "</tr>")
+            out += ["<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in rows[1:]]
+            out.append("</table>")
+            continue
+        elif (m := _IMAGE.match(line.strip())) is not None:
+            path = base / m["src"]
+            if path.is_file():
+                data = base64.b64encode(path.read_bytes()).decode()
+                out.append(f"<p><img alt='{html.escape(m['alt'])}' src='data:image/png;base64,{data}'></p>")
+        elif line.strip():
+            out.append(f"<p>{_inline(line)}</p>")
+        i += 1
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def write_pair(markdown: str, out_dir: Path, title: str, extra_html: str = "") -> tuple[Path, Path]:
+    """report.md and the self-contained report.html rendered from it."""
+    md_path = out_dir / "report.md"
+    md_path.write_text(markdown, encoding="utf-8")
+    page = markdown_to_html(markdown, out_dir, title)
+    if extra_html:
+        page = page.replace("</body></html>", extra_html + "</body></html>")
+    html_path = out_dir / "report.html"
+    html_path.write_text(page, encoding="utf-8")
+    return md_path, html_path
 
 
 def _figures(doc: dict[str, Any]) -> list[tuple[str, str]]:
@@ -31,83 +111,29 @@ def _figures(doc: dict[str, Any]) -> list[tuple[str, str]]:
     for key, rel in doc["artifacts"].items():
         if not str(rel).endswith(".png"):
             continue
-        title = FIGURE_TITLES.get(key) or (
-            "GAN losses: " + key.split(".", 1)[1] if key.startswith("gan_losses") else key
-        )
+        if key in FIGURE_TITLES:
+            title = FIGURE_TITLES[key]
+        elif key.startswith("gan_losses"):
+            title = "GAN losses: " + key.split(".", 1)[1]
+        else:
+            title = key
         figs.append((title, rel))
     return figs
 
 
-def _table_md(rows: list[dict[str, Any]]) -> list[str]:
-    if not rows:
-        return []
-    cols = list(rows[0])
-    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    out += ["| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
-    return out
-
-
 def write_reports(doc: dict[str, Any], out_dir: Path, title: str = "cxraug evaluation") -> tuple[Path, Path]:
-    """Write report.md and report.html into ``out_dir``; returns their paths."""
-    src = doc["sources"]
+    """The evaluation report (values, tables, figures) as report.md and report.html."""
     lines = [f"# {title}", "", f"created {doc['created']} with cxraug {doc['cxraug_version']}", ""]
-    lines += [f"- {k.replace('_', ' ')}: `{v}`" for k, v in src.items()]
+    lines += [f"- {k.replace('_', ' ')}: `{v}`" for k, v in doc["sources"].items()]
     lines += ["", "## Values", "", "| metric | value | |", "|---|---|---|"]
-    lines += [f"| {m} | {k} | {v} |" for m, k, v in _value_rows(doc)]
+    lines += [f"| {m} | {k} | {fmt(v)} |" for m, values in doc["values"].items() for k, v in values.items()]
     for name, rows in doc.get("tables", {}).items():
         if isinstance(rows, list) and rows and isinstance(rows[0], dict):
-            lines += ["", f"## {name}", ""] + _table_md(rows)
+            lines += ["", f"## {name}", ""] + table_md(rows)
     for title_fig, rel in _figures(doc):
         lines += ["", f"## {title_fig}", "", f"![{title_fig}]({rel})"]
-    md_path = out_dir / "report.md"
-    md_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>{html.escape(title)}</title>",
-        "<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto;padding:0 1em}"
-        "table{border-collapse:collapse;margin:1em 0}"
-        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}"
-        "img{max-width:100%;image-rendering:pixelated;border:1px solid #eee}code{background:#f4f4f4}</style>",
-        "</head><body>",
-        f"<h1>{html.escape(title)}</h1><p>created {html.escape(doc['created'])} with cxraug "
-        f"{html.escape(doc['cxraug_version'])}</p><ul>",
-    ]
-    parts += [
-        f"<li>{html.escape(k.replace('_', ' '))}: <code>{html.escape(str(v))}</code></li>"
-        for k, v in src.items()
-    ]
-    parts.append("</ul><h2>Values</h2><table><tr><th>metric</th><th>value</th><th></th></tr>")
-    parts += [
-        f"<tr><td>{html.escape(m)}</td><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>"
-        for m, k, v in _value_rows(doc)
-    ]
-    parts.append("</table>")
-    for name, rows in doc.get("tables", {}).items():
-        if isinstance(rows, list) and rows and isinstance(rows[0], dict):
-            cols = list(rows[0])
-            parts.append(
-                f"<h2>{html.escape(name)}</h2><table><tr>"
-                + "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-                + "</tr>"
-            )
-            parts += [
-                "<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c, '')))}</td>" for c in cols) + "</tr>"
-                for r in rows
-            ]
-            parts.append("</table>")
-    for title_fig, rel in _figures(doc):
-        path = out_dir / rel
-        if path.is_file():
-            data = base64.b64encode(path.read_bytes()).decode()
-            parts.append(
-                f"<h2>{html.escape(title_fig)}</h2><img alt='{html.escape(title_fig)}' "
-                f"src='data:image/png;base64,{data}'>"
-            )
-    parts.append(
+    raw = (
         f"<details><summary>metrics.json</summary><pre>{html.escape(json.dumps(doc, indent=2))}</pre>"
-        "</details></body></html>"
+        "</details>"
     )
-    html_path = out_dir / "report.html"
-    html_path.write_text("\n".join(parts), encoding="utf-8")
-    return md_path, html_path
+    return write_pair("\n".join(lines) + "\n", out_dir, title, raw)

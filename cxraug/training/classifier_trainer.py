@@ -111,7 +111,7 @@ class ClassifierTrainer:
         self.dist = dist or DistContext()
         self.device = device or pick_device(config.device)
         self.plugin = cls(options)
-        self.input_size = cls.input_size
+        self.input_size = self.plugin.input_size
         lookup = {c: i for i, c in enumerate(config.classes)}
         self.train_idx = dataset.indices("train", config.classes)
         self.val_idx = dataset.indices("val", config.classes)

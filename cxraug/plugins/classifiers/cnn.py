@@ -28,6 +28,7 @@ class CNNOptions(PluginOptions):
     blocks: int = Field(4, ge=1, le=6, description="Conv-BN-ReLU-MaxPool blocks (each halves the size).")
     dense: int = Field(128, ge=8, le=4096, description="Units of the hidden dense layer.")
     dropout: float = Field(0.5, ge=0.0, lt=1.0, description="Dropout before the output layer.")
+    input_size: int = Field(128, ge=16, le=1024, description="Square size images are resized to.")
 
 
 class SmallCNN(nn.Module):
@@ -67,8 +68,9 @@ class SmallCNN(nn.Module):
 class CNNClassifier(Classifier):
     """A small CNN trained from scratch on 128x128 grayscale input; no ImageNet weights.
 
-    ``input_size`` is fixed at 128 (a class attribute, like every classifier's); the network itself
-    accepts any size from 2**blocks up. Default learning rate 1e-3 (Adam).
+    ``input_size`` is 128 unless the option of that name says otherwise (e.g. the native size of a
+    small prepared dataset); the network accepts any size from 2**blocks up. Default learning rate
+    1e-3 (Adam).
     """
 
     name: ClassVar[str] = "cnn"
@@ -76,9 +78,13 @@ class CNNClassifier(Classifier):
         "Small CNN (Conv-BN-ReLU-MaxPool blocks + dense) trained from scratch at 128 px"
     )
     Options: ClassVar[type[PluginOptions]] = CNNOptions
-    input_size: ClassVar[int] = 128
+    input_size: int = 128
     default_lr: ClassVar[float] = 1e-3
     pretrained_by_default: ClassVar[bool] = False
+
+    def __init__(self, options: PluginOptions | None = None) -> None:
+        super().__init__(options)
+        self.input_size = typed_options(self, CNNOptions).input_size  # type: ignore[misc]
 
     def build(self, num_classes: int, *, pretrained: bool, weights: Path | None) -> nn.Module:
         check_num_classes(num_classes, self.name)

@@ -7,7 +7,9 @@ images and ``fid/LABEL`` per label when both sides are labelled.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
+
+from pydantic import Field
 
 from cxraug import hookimpl
 from cxraug.interfaces import Metric, MetricInputs, MetricResult, PluginOptions
@@ -16,6 +18,12 @@ from cxraug.metrics.features import FeatureOptions, features_from_context
 
 class FIDOptions(FeatureOptions):
     """Options of the ``fid`` metric."""
+
+    method: Literal["eigh", "sqrtm"] = Field(
+        "eigh",
+        description="Matrix square root: eigh (exact trace via symmetric eigendecompositions, fast) or "
+        "sqrtm (clean-fid's own frechet_distance, slower)",
+    )
 
 
 class FID(Metric):
@@ -35,12 +43,12 @@ class FID(Metric):
         features = features_from_context(inputs.context)
         real = features(inputs.real, "real", mode=o.mode, batch_size=o.batch_size)
         gen = features(inputs.generated, "generated", mode=o.mode, batch_size=o.batch_size)
-        values = {"fid": fid(real, gen)}
+        values = {"fid": fid(real, gen, o.method)}
         rows = [{"label": "(all)", "n_real": len(real), "n_generated": len(gen), "fid": values["fid"]}]
         for label, r, g in label_subsets(inputs.real_labels, inputs.generated_labels, inputs.labels):
             if len(r) < 2 or len(g) < 2:
                 continue
-            values[f"fid/{label}"] = fid(real[r], gen[g])
+            values[f"fid/{label}"] = fid(real[r], gen[g], o.method)
             rows.append(
                 {"label": label, "n_real": len(r), "n_generated": len(g), "fid": values[f"fid/{label}"]}
             )

@@ -1,0 +1,1 @@
+"""``cxraug experiment``: base vs classic vs GAN augmentation, several seeds, one report."""
