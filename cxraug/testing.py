@@ -212,6 +212,74 @@ def check_gan_plugin(
     return gan
 
 
+def check_classifier_plugin(
+    cls: type[Any], *, options: Any = None, num_classes: int = 3, batch: int = 2, steps: int = 1
+) -> Any:
+    """Contract check for a Classifier: builds offline, maps (B, 1, S, S) in [0, 1] to logits, trains.
+
+    Returns the built network. Uses ``pretrained=False`` so nothing is downloaded.
+    """
+    import torch
+
+    from cxraug.interfaces import Classifier
+
+    assert issubclass(cls, Classifier), f"{cls.__name__} is not a Classifier"
+    plugin = cls(options if options is not None else cls.Options())
+    size = int(plugin.input_size)
+    assert size >= 16, f"{cls.name}: input_size {size} is too small"
+    model = plugin.build(num_classes, pretrained=False, weights=None)
+    assert isinstance(model, torch.nn.Module), f"{cls.name}.build must return an nn.Module"
+    groups = plugin.param_groups(model, cls.default_lr)
+    params = [p for g in groups for p in g["params"]]
+    assert params and all(p.requires_grad for p in params), (
+        f"{cls.name}: param_groups must list trainable params"
+    )
+    x = torch.rand(batch, 1, size, size, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(batch) % num_classes
+    opt = torch.optim.Adam(groups, lr=cls.default_lr)
+    before = [p.detach().clone() for p in params]
+    model.train()
+    for _ in range(steps):
+        logits = model(x)
+        assert logits.shape == (batch, num_classes), f"{cls.name}: logits {tuple(logits.shape)}"
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(logits, y).backward()
+        opt.step()
+    assert any(not torch.equal(a, p) for a, p in zip(before, params, strict=True)), (
+        f"{cls.name}: nothing trained"
+    )
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+    assert torch.isfinite(out).all(), f"{cls.name}: non-finite logits"
+    return model
+
+
+def check_metric_plugin(cls: type[Any], inputs: Any, *, options: Any = None) -> Any:
+    """Contract check for a Metric: needs only what it declares, returns finite named values.
+
+    ``inputs`` is a cxraug.interfaces.MetricInputs holding at least the fields ``cls.requires`` names.
+    """
+    import math
+
+    from cxraug.interfaces import Metric, MetricResult
+
+    assert issubclass(cls, Metric), f"{cls.__name__} is not a Metric"
+    unknown = set(cls.requires) - set(inputs.__dataclass_fields__)
+    assert not unknown, f"{cls.name}.requires names unknown inputs {sorted(unknown)}"
+    missing = [f for f in cls.requires if getattr(inputs, f) is None]
+    assert not missing, f"the test inputs lack {missing}, which {cls.name} requires"
+    result = cls(options if options is not None else cls.Options()).compute(inputs)
+    assert isinstance(result, MetricResult), f"{cls.name}.compute must return a MetricResult"
+    assert result.values, f"{cls.name} returned no values"
+    for key, value in result.values.items():
+        assert isinstance(key, str) and isinstance(value, float), f"{cls.name}: {key!r}={value!r}"
+        assert not math.isnan(value), f"{cls.name}: {key} is NaN (leave undefined values out)"
+    for path in result.artifacts.values():
+        assert Path(path).is_file(), f"{cls.name}: artifact {path} was not written"
+    return result
+
+
 def make_standin_inception(path: Path, seed: int = 0) -> Path:
     """Write a tiny TorchScript stand-in for clean-fid's Inception file (same ``layers`` interface).
 

@@ -10,7 +10,6 @@ from typing import Annotated
 
 import typer
 
-from cxraug import __version__
 from cxraug.cli.common import (
     AppContext,
     ConfigOpt,
@@ -30,7 +29,7 @@ from cxraug.options import options_table, resolve_options, to_jsonable
 from cxraug.training import distributed
 from cxraug.training.classifier_trainer import ClassifierTrainConfig, ClassifierTrainer
 from cxraug.training.gan_trainer import pick_device
-from cxraug.training.runs import list_runs, new_run_dir, now_iso, read_options, resolve_run, write_json_atomic
+from cxraug.training.runs import finish_run, list_runs, read_options, resolve_run, start_run
 from cxraug.ui import console
 
 
@@ -237,30 +236,14 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
                 raise
             distributed.barrier()
             if dist_ctx.is_main:
-                saved = read_options(run_dir)
-                saved.update(status="finished", finished=now_iso(), best=best)
-                write_json_atomic(run_dir / "options.json", saved)
+                finish_run(run_dir, best=best)
                 _report(run_dir)
         finally:
             distributed.shutdown()
 
 
 def _start_run(ws, config: ClassifierTrainConfig, dataset) -> Path:
-    run_dir = new_run_dir(ws, "classifier", f"{config.arch}-{dataset.name}")
-    write_json_atomic(
-        run_dir / "options.json",
-        {
-            "kind": "classifier",
-            "arch": config.arch,
-            "started": now_iso(),
-            "status": "running",
-            "cxraug_version": __version__,
-            "command": ["cxraug", *sys.argv[1:]],
-            "config": asdict(config),
-            "dataset": {"name": dataset.name, "path": str(dataset.path), "synthetic": dataset.synthetic},
-        },
-    )
-    return run_dir
+    return start_run(ws, "classifier", config.arch, asdict(config), dataset)
 
 
 def _resume_target(ws, resume: str, arch: str | None) -> Path | None:

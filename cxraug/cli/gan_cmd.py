@@ -10,7 +10,6 @@ from typing import Annotated
 
 import typer
 
-from cxraug import __version__
 from cxraug.cli.common import (
     AppContext,
     ConfigOpt,
@@ -29,14 +28,14 @@ from cxraug.data.resolve import open_dataset
 from cxraug.errors import CxrError, DataError, OptionsError
 from cxraug.options import options_table, resolve_options, to_jsonable
 from cxraug.training import distributed
-from cxraug.training.gan_trainer import GANTrainConfig, GANTrainer, pick_device
+from cxraug.training.gan_trainer import GANTrainConfig, GANTrainer, gan_units, pick_device
 from cxraug.training.generate import generate_images, generators_for
 from cxraug.training.runs import (
+    finish_run,
     list_runs,
-    new_run_dir,
-    now_iso,
     read_options,
     resolve_run,
+    start_run,
     write_json_atomic,
 )
 from cxraug.ui import console
@@ -200,6 +199,8 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
                 log_every=int(v["log_every"]),
                 options=options.model_dump(mode="json"),
             )
+        if train_config.transfer and not Path(train_config.transfer).exists():
+            train_config.transfer = str(resolve_run(ws, "gan", train_config.transfer))
         if train_config.batch_size < 1 or train_config.size < 8:
             raise OptionsError("--batch-size must be >= 1 and --size >= 8")
         if dry_run:
@@ -255,9 +256,7 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
                 raise
             distributed.barrier()
             if dist_ctx.is_main:
-                saved = read_options(run_dir)
-                saved.update(status="finished", finished=now_iso())
-                write_json_atomic(run_dir / "options.json", saved)
+                finish_run(run_dir)
                 _report_done(run_dir)
         finally:
             distributed.shutdown()
@@ -327,32 +326,15 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
 
 
 def _start_run(ws, train_config: GANTrainConfig, dataset, cls) -> Path:
-    run_dir = new_run_dir(ws, "gan", f"{train_config.arch}-{dataset.name}")
-    if cls.conditional or not train_config.per_class or len(train_config.classes) == 1:
-        units = ["all"]
-    else:
-        units = list(train_config.classes)
-    write_json_atomic(
-        run_dir / "options.json",
-        {
-            "kind": "gan",
-            "arch": train_config.arch,
-            "started": now_iso(),
-            "status": "running",
-            "cxraug_version": __version__,
-            "command": ["cxraug", *sys.argv[1:]],
-            "config": asdict(train_config),
-            "dataset": {
-                "name": dataset.name,
-                "path": str(dataset.path),
-                "size": dataset.size,
-                "synthetic": dataset.synthetic,
-            },
-            "conditional": cls.conditional,
-            "units": units,
-        },
+    return start_run(
+        ws,
+        "gan",
+        train_config.arch,
+        asdict(train_config),
+        dataset,
+        conditional=cls.conditional,
+        units=gan_units(cls, train_config),
     )
-    return run_dir
 
 
 def _resume_target(ws, resume: str, arch: str | None) -> Path | None:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from cxraug import __version__
-from cxraug.data.prepared import FORMAT_VERSION, PreparedDataset, file_digest, write_manifest
+from cxraug.data.prepared import FORMAT_VERSION, PreparedDataset, file_digest, swap_in, write_manifest
 from cxraug.errors import DataError, OptionsError
 from cxraug.imageio import array_sha256, perceptual_hash
 from cxraug.interfaces import Augmenter, AugmentRequest
@@ -155,13 +155,7 @@ def augment_dataset(
             "manifest_sha256": file_digest(tmp / "manifest.csv"),
         }
         (tmp / "info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            target.rename(old)
-            tmp.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(target)
+        swap_in(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -19,7 +19,7 @@ import numpy as np
 
 from cxraug import __version__
 from cxraug.data.dedup import leakage_groups, near_duplicates
-from cxraug.data.prepared import FORMAT_VERSION, PreparedDataset, file_digest, write_manifest
+from cxraug.data.prepared import FORMAT_VERSION, PreparedDataset, file_digest, swap_in, write_manifest
 from cxraug.data.splits import HELD_OUT_RANK, SPLITS, assign_splits
 from cxraug.errors import CxrError, DataError, OptionsError
 from cxraug.imageio import RESIZE_MODES, ImageReadError, decode_source
@@ -341,13 +341,7 @@ def _prepare_into(
     (tmp_dir / "prepare-report.md").write_text(render_report(report, synthetic), encoding="utf-8")
 
     # Swap in the new dataset only now that it is complete; the old one goes only on --force.
-    if final_dir.exists():
-        old = final_dir.with_name(f".{final_dir.name}.old-{os.getpid()}")
-        final_dir.rename(old)
-        tmp_dir.rename(final_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp_dir.rename(final_dir)
+    swap_in(tmp_dir, final_dir)
     try:
         dataset = PreparedDataset(final_dir)
     except CxrError as exc:  # pragma: no cover - would be a bug in the split logic

@@ -35,6 +35,20 @@ def file_digest(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def swap_in(tmp_dir: Path, target: Path) -> None:
+    """Move a completed dataset folder into place; an existing one is removed only afterwards."""
+    import os
+    import shutil
+
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        target.rename(old)
+        tmp_dir.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp_dir.rename(target)
+
+
 def write_manifest(path: Path, rows: list[dict[str, Any]]) -> None:
     with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")

@@ -24,8 +24,8 @@ from cxraug.training.classifier_trainer import (
     load_classifier,
     predict_proba,
 )
-from cxraug.training.gan_trainer import GANTrainConfig, GANTrainer, pick_device
-from cxraug.training.runs import new_run_dir, now_iso, read_options, write_json_atomic
+from cxraug.training.gan_trainer import GANTrainConfig, GANTrainer, gan_units, pick_device
+from cxraug.training.runs import finish_run, now_iso, read_options, start_run, write_json_atomic
 from cxraug.ui import console
 from cxraug.workspace import Workspace
 
@@ -136,36 +136,21 @@ class Experiment:
         if self.state.get("gan_run"):
             run = Path(self.state["gan_run"])
         else:
-            run = new_run_dir(self.ws, "gan", f"{cfg.gan}-{source.name}")
-            units = ["all"] if cls.conditional else list(source.classes)
-            write_json_atomic(
-                run / "options.json",
-                {
-                    "kind": "gan",
-                    "arch": cfg.gan,
-                    "started": now_iso(),
-                    "status": "running",
-                    "cxraug_version": __version__,
-                    "command": ["cxraug", "experiment"],
-                    "config": asdict(config),
-                    "dataset": {
-                        "name": source.name,
-                        "path": str(source.path),
-                        "size": source.size,
-                        "synthetic": source.synthetic,
-                    },
-                    "conditional": cls.conditional,
-                    "units": units,
-                    "experiment": str(self.out_dir),
-                },
+            run = start_run(
+                self.ws,
+                "gan",
+                cfg.gan,
+                asdict(config),
+                source,
+                conditional=cls.conditional,
+                units=gan_units(cls, config),
+                experiment=str(self.out_dir),
             )
             self.state["gan_run"] = str(run)
             self.save()
         console.print(f"[bold]experiment: training the {cfg.gan} GAN[/] ({run})", soft_wrap=True)
         GANTrainer(cls, options, config, source, run, device=pick_device(cfg.device)).train()
-        saved = read_options(run)
-        saved.update(status="finished", finished=now_iso())
-        write_json_atomic(run / "options.json", saved)
+        finish_run(run)
         self.state["gan_finished"] = True
         self.save()
         return run
@@ -235,20 +220,8 @@ class Experiment:
             options=options.model_dump(mode="json"),
         )
         if entry is None:
-            run = new_run_dir(self.ws, "classifier", f"{cfg.classifier}-{dataset.name}-seed{seed}")
-            write_json_atomic(
-                run / "options.json",
-                {
-                    "kind": "classifier",
-                    "arch": cfg.classifier,
-                    "started": now_iso(),
-                    "status": "running",
-                    "cxraug_version": __version__,
-                    "command": ["cxraug", "experiment"],
-                    "config": asdict(config),
-                    "dataset": {"name": dataset.name, "path": str(dataset.path)},
-                    "experiment": str(self.out_dir),
-                },
+            run = start_run(
+                self.ws, "classifier", cfg.classifier, asdict(config), dataset, experiment=str(self.out_dir)
             )
             entry = {"run": str(run), "status": "running"}
             self.state["runs"][key] = entry
@@ -256,9 +229,7 @@ class Experiment:
         run = Path(entry["run"])
         console.print(f"[bold]experiment: {arm}, seed {seed}[/] ({cfg.classifier} -> {run.name})")
         best = ClassifierTrainer(cls, options, config, dataset, run, device=pick_device(cfg.device)).train()
-        saved = read_options(run)
-        saved.update(status="finished", finished=now_iso(), best=best)
-        write_json_atomic(run / "options.json", saved)
+        finish_run(run, best=best)
         loaded = load_classifier(run, self.registry, pick_device(cfg.device))
         source = PreparedDataset(self.ws.dataset_dir(cfg.data))
         idx = source.indices("test", loaded.labels)

@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 from rich.progress import TextColumn
-from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from cxraug.data.prepared import PreparedDataset
@@ -78,11 +77,10 @@ def class_weight_tensor(targets: np.ndarray, n_classes: int, mode: str) -> torch
 
 def macro_auc(y_true: np.ndarray, probs: np.ndarray, n_classes: int) -> float:
     """Macro one-vs-rest ROC-AUC; NaN when the split lacks a class (AUC undefined)."""
-    if len(np.unique(y_true)) < n_classes:
-        return float("nan")
-    if n_classes == 2:
-        return float(roc_auc_score(y_true, probs[:, 1]))
-    return float(roc_auc_score(y_true, probs, multi_class="ovr", average="macro"))
+    from cxraug.metrics.classification import auc_per_label
+
+    aucs = auc_per_label(y_true, probs)
+    return float(aucs.mean()) if len(aucs) == n_classes and np.isfinite(aucs).all() else float("nan")
 
 
 class ClassifierTrainer:

@@ -70,6 +70,13 @@ class Unit:
     targets: torch.Tensor  # (N,) long, indices into labels
 
 
+def gan_units(cls: type[GAN], config: GANTrainConfig) -> list[str]:
+    """The models a run trains: "all" (conditional, pooled, or one label) or one per label."""
+    if cls.conditional or not config.per_class or len(config.classes) == 1:
+        return ["all"]
+    return list(config.classes)
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
@@ -147,7 +154,7 @@ class GANTrainer:
 
     def _units(self) -> list[Unit]:
         cfg = self.config
-        if self.cls.conditional or not cfg.per_class or len(cfg.classes) == 1:
+        if gan_units(self.cls, cfg) == ["all"]:
             images, targets = load_images(self.dataset, cfg.classes, cfg.size)
             if not self.cls.conditional:
                 targets = torch.zeros_like(targets)

@@ -34,6 +34,44 @@ def new_run_dir(workspace: Workspace, kind: str, label: str) -> Path:
     raise RuntimeError(f"could not create a run folder under {base}")  # pragma: no cover
 
 
+def start_run(
+    workspace: Workspace, kind: str, arch: str, config: dict[str, Any], dataset: Any, **extra: Any
+) -> Path:
+    """A new run folder under runs/KIND/ with its options.json (status "running")."""
+    import sys
+
+    from cxraug import __version__
+
+    run_dir = new_run_dir(workspace, kind, f"{arch}-{dataset.name}")
+    write_json_atomic(
+        run_dir / "options.json",
+        {
+            "kind": kind,
+            "arch": arch,
+            "started": now_iso(),
+            "status": "running",
+            "cxraug_version": __version__,
+            "command": ["cxraug", *sys.argv[1:]],
+            "config": config,
+            "dataset": {
+                "name": dataset.name,
+                "path": str(dataset.path),
+                "size": dataset.size,
+                "synthetic": dataset.synthetic,
+            },
+            **extra,
+        },
+    )
+    return run_dir
+
+
+def finish_run(run_dir: Path, **extra: Any) -> None:
+    """Mark a run finished in its options.json."""
+    saved = read_options(run_dir)
+    saved.update(status="finished", finished=now_iso(), **extra)
+    write_json_atomic(run_dir / "options.json", saved)
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
