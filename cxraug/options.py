@@ -71,9 +71,7 @@ def load_config(path: Path | None) -> dict[str, Any]:
 
 
 #: Command-level tables a config file may hold (values for the command's own flags).
-COMMAND_SECTIONS: frozenset[str] = frozenset(
-    {"prepare", "train-gan", "generate", "augment", "train-classifier", "evaluate", "experiment"}
-)
+COMMAND_SECTIONS: frozenset[str] = frozenset({"prepare", "train-gan", "augment", "train-classifier"})
 
 
 def config_section(config: dict[str, Any], kind: str, name: str) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import sys
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from cxraug import __version__
 from cxraug.cli import (
@@ -85,5 +86,5 @@ def main(argv: list[str] | None = None) -> None:
         app = build_app()
         app(args=argv, prog_name="cxraug")
     except CxrError as exc:  # plugin-added commands that skip handle_errors still get a clean error
-        console.print(f"[bold red]Error:[/] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]Error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)

@@ -26,7 +26,7 @@ from cxraug.data.resolve import open_dataset
 from cxraug.errors import OptionsError
 from cxraug.options import resolve_options, to_jsonable
 from cxraug.training.gan_trainer import pick_device
-from cxraug.training.runs import read_options, resolve_run
+from cxraug.training.runs import gan_labels, read_options, resolve_run
 from cxraug.ui import console
 
 
@@ -99,6 +99,7 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
                 classic_per_class=classic_per_class,
                 truncation=truncation,
                 min_confidence=min_confidence,
+                filter_run=filter_run,
                 seed=seed,
                 name=name,
                 device=device,
@@ -141,16 +142,18 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
         if want_synthetic:
             cls = registry.get("augmenter", "synthetic")
             table = dict(cfg_file.get("augmenter", {}).get("synthetic", {}))
-            table.update(
-                run=str(gan_run), truncation=float(v["truncation"]), min_confidence=float(v["min_confidence"])
-            )
-            if filter_run is not None:
-                table["filter_run"] = str(filter_run)
+            table["run"] = str(gan_run)
+            for flag, key in (("truncation", "truncation"), ("min_confidence", "min_confidence")):
+                given = typer_ctx.get_parameter_source(flag).name != "DEFAULT"
+                if given or key not in table or key in cfg_file.get("augment", {}):
+                    table[key] = float(v[flag])
+            if v["filter_run"] is not None:
+                table["filter_run"] = str(v["filter_run"])
             options = resolve_options(
                 cls.Options, plugin="augmenter synthetic", config=table, opts=opts.get("synthetic", {})
             )
-            gan_labels = _gan_labels(gan_run)
-            labels = [lb for lb in source.classes if lb in gan_labels] or source.classes
+            generated = gan_labels(gan_run)
+            labels = [lb for lb in source.classes if lb in generated] or source.classes
             counts = _counts(v["per_class"], v["label"], int(v["synthetic"]), current, labels)
             steps.append(AugmentStep(cls(options), counts))
         tag = "".join(f"-{s.augmenter.name[:3]}{sum(s.counts.values())}" for s in steps)
@@ -200,13 +203,6 @@ def _counts(
             raise OptionsError(f"--label {label!r}: choose one of {', '.join(labels)}")
         return {label: n}
     return balanced_counts(current, n, labels)
-
-
-def _gan_labels(run: Path) -> list[str]:
-    options = read_options(run)
-    if options.get("units") == ["all"]:
-        return list(options["config"]["classes"]) if options.get("conditional") else []
-    return list(options.get("units", []))
 
 
 def _print_table(dataset) -> None:

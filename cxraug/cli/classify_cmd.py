@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from cxraug.cli.common import (
     AppContext,
@@ -207,8 +208,7 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
             code = distributed.launch(nproc_v, [*argv, "--resume", str(run_dir)])
             if code:
                 raise typer.Exit(code)
-            _report(run_dir)
-            return
+            return  # rank 0 of the launched processes reported
         device_t, dist_ctx = pick_device(train_config.device), None
         dist_ctx, device_t = distributed.init_distributed(device_t)
         try:
@@ -282,6 +282,7 @@ def _epilog(ctx: AppContext) -> str:
         cls = registry.get("classifier", name)
         keys = ", ".join(f"{k}={d}" for k, d, _ in options_table(cls.Options)) or "no options"
         lines.append(
-            f"[bold]{name}[/] ({cls.input_size}px, lr {cls.default_lr:g}): {cls.description} ({keys})\n\n"
+            f"[bold]{name}[/] ({cls.input_size}px, lr {cls.default_lr:g}): "
+            f"{escape(cls.description)} ({escape(keys)})\n\n"
         )
     return "".join(lines)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from rich.markup import escape
 
 from cxraug.errors import CxrError, OptionsError, TrainingInterruptedError
 from cxraug.options import load_config, parse_opts, resolve_options
@@ -43,13 +44,16 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except TrainingInterruptedError as exc:
-            console.print(f"[yellow]{exc}[/]", highlight=False, soft_wrap=True)
+            console.print(f"[yellow]{escape(str(exc))}[/]", highlight=False, soft_wrap=True)
             raise typer.Exit(130) from None
         except CxrError as exc:
-            console.print(f"[bold red]Error:[/] {exc}", highlight=False, soft_wrap=True)
+            console.print(f"[bold red]Error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            console.print("[yellow]Interrupted.[/]")
+            console.print(
+                "[yellow]Interrupted.[/] Training commands continue from their last checkpoint with "
+                "`--resume auto`."
+            )
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]

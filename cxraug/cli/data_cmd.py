@@ -9,6 +9,7 @@ from typing import Annotated
 import numpy as np
 import typer
 from PIL import Image
+from rich.markup import escape
 from rich.table import Table
 
 from cxraug.cli.common import (
@@ -58,7 +59,7 @@ def counts_table(title: str, counts: dict[str, dict[str, int]]) -> Table:
 
 
 def sample_grid(dataset: PreparedDataset, per_label: int = 8, seed: int = 0) -> Image.Image:
-    """A grid image: one row per label, ``per_label`` training images each."""
+    """A grid image: one row per label, ``per_label`` images of that label from any split."""
     rng = np.random.default_rng(seed)
     s = dataset.size
     rows = []
@@ -124,6 +125,8 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
     ) -> None:
         """Decode every image once into a memory-mapped cache with a manifest and splits."""
         cfg, opts = load_config_and_opts(config, opt)
+        if "map" in cfg.get("prepare", {}):  # the flag is --map; its parameter is label_map
+            cfg["prepare"]["label_map"] = cfg["prepare"].pop("map")
         values = apply_command_config(
             typer_ctx,
             cfg,
@@ -204,11 +207,11 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
             f"dropped: {len(report['dropped'])}"
         )
         for note in report["notes"]:
-            console.print(f"[dim]note:[/] {note}", highlight=False)
+            console.print(f"[dim]note:[/] {escape(note)}", highlight=False)
         if report["skipped"]:
             console.print(f"[yellow]{len(report['skipped'])} unreadable file(s) skipped[/]")
             for s in report["skipped"][:5]:
-                console.print(f"  {s['original']}: {s['reason']}", highlight=False)
+                console.print(escape(f"  {s['original']}: {s['reason']}"), highlight=False)
         console.print(f"report: {ds.path / 'prepare-report.md'}")
 
     @data.command("list")
@@ -271,7 +274,7 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
         for src in ds.info["sources"]:
             console.print(f"source: {src['adapter']} {src['root'] or ''}", highlight=False)
         for note in report.get("notes", []):
-            console.print(f"[dim]note:[/] {note}", highlight=False)
+            console.print(f"[dim]note:[/] {escape(note)}", highlight=False)
         console.print(f"sample grid (rows: {', '.join(ds.classes)}): {grid_path}")
 
 
@@ -302,5 +305,5 @@ def _adapters_epilog(ctx: AppContext) -> str:
     for adapter in registry.names("dataset"):
         cls = registry.get("dataset", adapter)
         keys = ", ".join(f"{k}={d}" for k, d, _ in options_table(cls.Options)) or "no options"
-        lines.append(f"[bold]{adapter}[/]: {cls.description} ({keys})\n\n")
+        lines.append(f"[bold]{adapter}[/]: {escape(cls.description)} ({escape(keys)})\n\n")
     return "".join(lines)

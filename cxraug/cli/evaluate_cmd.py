@@ -149,10 +149,20 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
                 )
             clf_run = resolve_run(ws, "classifier", classifier)
         data_name = data
-        for run in (clf_run, gan_run):
+        for run in (gan_run, clf_run):  # the GAN's data are the real images it was trained on
             if data_name is None and run is not None:
                 data_name = read_options(run)["config"]["data"]
         dataset = open_dataset(ws, registry, data_name)
+        source = dataset.info.get("augmented_from")
+        if source and data is None and (ws.dataset_dir(source["name"]) / "info.json").is_file():
+            # an augmented dataset's val/test are its source's; its train split holds synthetic
+            # images, which must not be the real reference of FID or memorisation
+            console.print(
+                f"evaluating against {source['name']!r}, the real dataset {dataset.name!r} was "
+                "augmented from (same test split, real training images only)",
+                soft_wrap=True,
+            )
+            dataset = open_dataset(ws, registry, source["name"])
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         out_dir = out or ws.reports_dir / f"eval-{stamp}"
         req = EvalRequest(
@@ -176,7 +186,7 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
             print_json(doc)
             return
         table = Table(title=f"cxraug evaluate ({dataset.name})")
-        for col in ("metric", "value", ""):
+        for col in ("metric", "name", "value"):
             table.add_column(col)
         for name, values in doc["values"].items():
             for key, value in values.items():

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from cxraug.cli.common import (
     AppContext,
@@ -142,6 +143,27 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
                     "[yellow]--resume auto: no GAN run to continue in this workspace; starting a new one.[/]"
                 )
         if run_dir is not None:
+            fixed = [
+                name
+                for name in (
+                    "data",
+                    "classes",
+                    "size",
+                    "batch_size",
+                    "seed",
+                    "snapshot_every",
+                    "per_class",
+                    "transfer",
+                    "log_every",
+                )
+                if typer_ctx.get_parameter_source(name).name != "DEFAULT"
+            ]
+            if fixed or opts:
+                shown = ", ".join([f"--{n.replace('_', '-')}" for n in fixed] + (["--opt"] if opts else []))
+                raise OptionsError(
+                    f"--resume continues {run_dir} with the options it recorded; drop {shown} "
+                    "(only --kimg/--epochs/--device may change), or start a new run"
+                )
             saved = read_options(run_dir)
             config_d = dict(saved["config"])
             if v["epochs"] is not None or v["kimg"] is not None:
@@ -225,8 +247,7 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
             code = distributed.launch(nproc_v, argv)
             if code:
                 raise typer.Exit(code)
-            _report_done(run_dir)
-            return
+            return  # rank 0 of the launched processes reported
         device_t = pick_device(train_config.device)
         dist_ctx, device_t = distributed.init_distributed(device_t)
         try:
@@ -341,9 +362,10 @@ def _resume_target(ws, resume: str, arch: str | None) -> Path | None:
     if resume != "auto":
         return resolve_run(ws, "gan", resume)
     runs = [r for r in list_runs(ws, "gan") if arch is None or read_options(r).get("arch") == arch]
-    if not runs:
-        return None
-    return runs[-1]
+    unfinished = [r for r in runs if read_options(r).get("status") != "finished"]
+    if unfinished:
+        return unfinished[-1]
+    return runs[-1] if runs else None  # finished: continued only with a larger --kimg/--epochs
 
 
 def _report_done(run_dir: Path) -> None:
@@ -375,5 +397,5 @@ def _gans_epilog(ctx: AppContext) -> str:
     for name in registry.names("gan"):
         cls = registry.get("gan", name)
         keys = ", ".join(f"{k}={d}" for k, d, _ in options_table(cls.Options))
-        lines.append(f"[bold]{name}[/]: {cls.description} ({keys})\n\n")
+        lines.append(f"[bold]{name}[/]: {escape(cls.description)} ({escape(keys)})\n\n")
     return "".join(lines)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from cxraug.cli.common import AppContext, handle_errors, print_json
@@ -40,8 +41,8 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
             table.add_column(col, overflow="fold")
         for r in rows:
             status = "[green]ok[/]" if r.status == "ok" else f"[red]{r.status}[/]"
-            text = r.description if r.status == "ok" else f"[red]{r.reason}[/]"
-            table.add_row(r.kind, r.name, r.package, r.version, status, text)
+            text = escape(r.description) if r.status == "ok" else f"[red]{escape(r.reason)}[/]"
+            table.add_row(r.kind, escape(r.name), escape(r.package), escape(r.version), status, text)
         console.print(table)
 
     @plugins.command("show")
@@ -54,13 +55,13 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
         if kind not in KINDS:
             raise OptionsError(f"kind {kind!r}: choose one of {', '.join(KINDS)}")
         cls = ctx.registry.get(kind, name)
-        console.print(f"[bold]{kind} {name}[/]: {cls.description}")
+        console.print(f"[bold]{kind} {name}[/]: {escape(cls.description)}")
         doc = (cls.__doc__ or "").strip()
         if doc:
-            console.print(doc, highlight=False)
-        table = Table(title=f"options (--opt KEY=VALUE, or [{kind}.{name}] in --config)")
+            console.print(escape(doc), highlight=False)
+        table = Table(title=escape(f"options (--opt KEY=VALUE, or [{kind}.{name}] in --config)"))
         for col in ("key", "default", "description"):
             table.add_column(col, overflow="fold")
         for row in options_table(cls.Options):
-            table.add_row(*row)
+            table.add_row(*(escape(cell) for cell in row))
         console.print(table)

@@ -295,6 +295,13 @@ def _prepare_into(
         "notes": collected["notes"],
         "split_method": (
             "official split of the source(s); rows without one by patient-level stratified ratios"
+            + (
+                "; no official validation split, so one was carved from the official train split "
+                f"({settings.ratios[1] / (settings.ratios[0] + settings.ratios[1]):.0%} of it, "
+                "patient-level, stratified)"
+                if not any(r.split == "val" for r in records) and settings.ratios[1] > 0
+                else ""
+            )
             if official
             else f"patient-level stratified ratios {list(settings.ratios)} (seed {settings.seed})"
         ),

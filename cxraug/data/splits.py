@@ -63,21 +63,45 @@ def assign_splits(
                     f"in {target}; dropped to keep {target} free of leakage"
                 )
     rng = np.random.default_rng(seed)
+    official_val = any(o == "val" for o in official)
+    official_train = [
+        m
+        for m in groups.groups().values()
+        if all(splits[i] == "train" for i in m if i not in dropped) and any(official[i] == "train" for i in m)
+    ]
+    if official_train and not official_val and ratios[1] > 0:
+        # The source publishes train/test only (COVIDx, ...): carve a validation split out of its train
+        # split, patient-level and stratified, so that model selection never looks at the test set.
+        share = ratios[1] / (ratios[0] + ratios[1])
+        _stratified(official_train, labels, (1 - share, share, 0.0), rng, splits, [i for i in dropped])
+    _stratified(free_groups, labels, ratios, rng, splits, list(dropped))
+    return splits, dropped
+
+
+def _stratified(
+    group_list: list[list[int]],
+    labels: Sequence[str],
+    ratios: tuple[float, float, float],
+    rng: np.random.Generator,
+    splits: list[str | None],
+    skip: list[int],
+) -> None:
+    """Assign whole groups to splits by their majority label, approaching ``ratios`` in images."""
     by_label: dict[str, list[list[int]]] = {}
-    for members in free_groups:
-        majority = Counter(labels[i] for i in members).most_common(1)[0][0]
-        by_label.setdefault(majority, []).append(members)
+    for members in group_list:
+        keep = [i for i in members if i not in skip]
+        if keep:
+            majority = Counter(labels[i] for i in keep).most_common(1)[0][0]
+            by_label.setdefault(majority, []).append(keep)
     for label in sorted(by_label):
         label_groups = by_label[label]
         order = rng.permutation(len(label_groups))
-        total = sum(len(g) for g in label_groups)
-        target = np.array(ratios) * total
+        target = np.array(ratios) * sum(len(g) for g in label_groups)
         filled = np.zeros(3)
         for gi in order:
             members = label_groups[gi]
             deficit = np.where(target > 0, target - filled, -np.inf)
-            s = int(np.argmax(deficit))
-            filled[s] += len(members)
+            k = int(np.argmax(deficit))
+            filled[k] += len(members)
             for i in members:
-                splits[i] = SPLITS[s]
-    return splits, dropped
+                splits[i] = SPLITS[k]

@@ -25,7 +25,7 @@ from cxraug.training.classifier_trainer import (
     predict_proba,
 )
 from cxraug.training.gan_trainer import GANTrainConfig, GANTrainer, gan_units, pick_device
-from cxraug.training.runs import finish_run, now_iso, read_options, start_run, write_json_atomic
+from cxraug.training.runs import finish_run, gan_labels, now_iso, start_run, write_json_atomic
 from cxraug.ui import console
 from cxraug.workspace import Workspace
 
@@ -172,8 +172,8 @@ class Experiment:
         if "gan" in arm:
             cls = self.registry.get("augmenter", "synthetic")
             run = Path(self.state["gan_run"])
-            gan_labels = _gan_labels(run)
-            labels = [lb for lb in source.classes if lb in gan_labels]
+            generated = gan_labels(run)
+            labels = [lb for lb in source.classes if lb in generated]
             if not labels:
                 raise DataError(
                     f"GAN run {run} generates none of the dataset's labels; the gan arm needs a "
@@ -330,13 +330,6 @@ class Experiment:
 def _ci_dict(values: list[float]) -> dict[str, float]:
     mean, lo, hi = stats.mean_ci(values, bounds=(0.0, 1.0))
     return {"mean": mean, "ci_low": lo, "ci_high": hi, "values": values}
-
-
-def _gan_labels(run: Path) -> list[str]:
-    options = read_options(run)
-    if options.get("units") == ["all"]:
-        return list(options["config"]["classes"]) if options.get("conditional") else []
-    return list(options.get("units", []))
 
 
 def _plain(data: Any) -> Any:

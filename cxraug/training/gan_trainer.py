@@ -226,7 +226,7 @@ class GANTrainer:
         unit_name = f"{cfg.arch}/{unit.name}"
         gan = self.build_gan(unit, k)
         if cfg.transfer and not latest_checkpoint(ckpt_dir):
-            self._transfer(gan, Path(cfg.transfer))
+            self._transfer(gan, Path(cfg.transfer), unit.name)
         start = 0
         latest = latest_checkpoint(ckpt_dir)
         if latest is not None:
@@ -394,11 +394,18 @@ class GANTrainer:
             torch.manual_seed(self.config.seed + state["counters"]["step"] * 7 + self.dist.rank)
         return int(state["counters"]["step"])
 
-    def _transfer(self, gan: GAN, path: Path) -> None:
+    def _transfer(self, gan: GAN, path: Path, unit: str) -> None:
         if path.is_dir():
-            found = latest_checkpoint(path / "checkpoints") or latest_checkpoint(path)
+            # a per-class source run keeps one model per label in RUN/LABEL/checkpoints
+            found = (
+                latest_checkpoint(path / "checkpoints")
+                or latest_checkpoint(path)
+                or latest_checkpoint(path / unit / "checkpoints")
+            )
             if found is None:
-                raise DataError(f"--transfer {path}: no checkpoints in that folder")
+                units = sorted(p.parent.parent.name for p in path.glob("*/checkpoints/ckpt-*.pt"))
+                hint = f" (it holds per-label models: pass one, e.g. {path / units[0]})" if units else ""
+                raise DataError(f"--transfer {path}: no checkpoints for {unit!r} in that folder{hint}")
             path = found
         state = safe_load(path, map_location=self.device)
         if state.get("arch") != self.config.arch:

@@ -145,7 +145,9 @@ def generate_images(
         raise OptionsError(f"--truncation {truncation}: must be > 0 (1 = no truncation, 0.7 is common)")
     for label in counts:
         if label not in generators:
-            raise OptionsError(f"--label {label!r}: this GAN generates {', '.join(generators)}")
+            raise OptionsError(
+                f"label {label!r} (--label/--per-class): this GAN generates {', '.join(generators)}"
+            )
     out.mkdir(parents=True, exist_ok=True)
     existing = read_generated_manifest(out)
     done: dict[str, set[int]] = {}

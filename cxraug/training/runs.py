@@ -170,3 +170,12 @@ class MetricLog:
     @property
     def rows(self) -> list[dict[str, Any]]:
         return self._rows
+
+
+def gan_labels(run_dir: Path) -> list[str]:
+    """Labels a GAN run can generate ([] for a model pooled over several labels)."""
+    options = read_options(run_dir)
+    classes = list(options["config"]["classes"])
+    if options.get("units") == ["all"]:
+        return classes if options.get("conditional") or len(classes) == 1 else []
+    return list(options.get("units", []))
