@@ -127,6 +127,11 @@ def test_dcgan_per_class_and_pooled(cxraug_cli, cxraug_workspace, tiny_data):
     assert pooled["units"] == ["all"]
     ckpt = sorted((_run_dir(cxraug_workspace) / "checkpoints").glob("*.pt"))[-1]
     assert safe_load(ckpt)["spec"]["labels"] == ["all"]
+    # a resume keeps the recorded options: other flags are refused, not silently ignored
+    refused = cxraug_cli("train-gan", "--resume", "auto", "--batch-size", "4", "--opt", "ngf=4")
+    assert refused.exit_code == 2 and "--batch-size, --opt" in refused.output
+    finished = cxraug_cli("train-gan", "--resume", "auto")
+    assert finished.exit_code == 0 and "already finished" in finished.output
 
 
 def test_same_seed_same_weights(cxraug_cli, cxraug_workspace, tiny_data):

@@ -158,7 +158,7 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
                 )
                 if typer_ctx.get_parameter_source(name).name != "DEFAULT"
             ]
-            if fixed or opts:
+            if (fixed or opts) and not distributed.in_torchrun():  # --nproc children repeat the flags
                 shown = ", ".join([f"--{n.replace('_', '-')}" for n in fixed] + (["--opt"] if opts else []))
                 raise OptionsError(
                     f"--resume continues {run_dir} with the options it recorded; drop {shown} "
