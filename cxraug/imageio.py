@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from cxraug.fileio import file_sha256
+
 # Chest X-rays reach ~25 MP; Pillow's default bomb limit (89 MP) is kept, only raised a little.
 Image.MAX_IMAGE_PIXELS = 200_000_000
 
@@ -130,14 +132,6 @@ def perceptual_hash(gray: np.ndarray) -> int:
     low = (d @ thumb @ d.T)[:8, :8].ravel()
     bits = low > np.median(low[1:])
     return int(np.packbits(bits).view(">u8")[0])
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def array_sha256(arr: np.ndarray) -> str:

@@ -74,14 +74,6 @@ def load_config(path: Path | None) -> dict[str, Any]:
 COMMAND_SECTIONS: frozenset[str] = frozenset({"prepare", "train-gan", "augment", "train-classifier"})
 
 
-def config_section(config: dict[str, Any], kind: str, name: str) -> dict[str, Any]:
-    """The ``[kind.name]`` table of a loaded config, or ``{}``."""
-    table = config.get(kind, {}).get(name, {})
-    if not isinstance(table, dict):
-        raise OptionsError(f"{config.get('__path__', 'config')}: [{kind}.{name}] must be a table")
-    return table
-
-
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in override.items():

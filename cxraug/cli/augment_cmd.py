@@ -126,7 +126,7 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
         if data_name is None and gan_run is not None:
             data_name = read_options(gan_run)["config"]["data"]
         source = open_dataset(ws, registry, data_name)
-        current = {lb: sum(origin_counts(source).get(lb, {}).values()) for lb in source.classes}
+        current = {lb: len(source.indices("train", [lb])) for lb in source.classes}
         steps = []
         if want_classic:
             cls = registry.get("augmenter", "classic")

@@ -249,13 +249,12 @@ def _start_run(ws, config: ClassifierTrainConfig, dataset) -> Path:
 def _resume_target(ws, resume: str, arch: str | None) -> Path | None:
     if resume != "auto":
         return resolve_run(ws, "classifier", resume)
-    runs = [
-        r
-        for r in list_runs(ws, "classifier")
-        if (arch is None or read_options(r).get("arch") == arch)
-        and read_options(r).get("status") != "finished"
-    ]
-    return runs[-1] if runs else None
+    unfinished = []
+    for run in list_runs(ws, "classifier"):
+        options = read_options(run)
+        if (arch is None or options.get("arch") == arch) and options.get("status") != "finished":
+            unfinished.append(run)
+    return unfinished[-1] if unfinished else None
 
 
 def _report(run_dir: Path) -> None:

@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 
 from cxraug import __version__
-from cxraug.data.prepared import FORMAT_VERSION, PreparedDataset, file_digest, swap_in, write_manifest
+from cxraug.data.prepared import FORMAT_VERSION, PreparedDataset, swap_in, write_manifest
 from cxraug.errors import DataError, OptionsError
+from cxraug.fileio import file_sha256
 from cxraug.imageio import array_sha256, perceptual_hash
 from cxraug.interfaces import Augmenter, AugmentRequest
 from cxraug.options import to_jsonable
@@ -138,7 +139,7 @@ def augment_dataset(
             "augmented_from": {
                 "name": source.name,
                 "path": str(source.path),
-                "manifest_sha256": file_digest(source.path / "manifest.csv"),
+                "manifest_sha256": file_sha256(source.path / "manifest.csv"),
             },
             "augment": {
                 "seed": seed,
@@ -152,7 +153,7 @@ def augment_dataset(
                     for s in steps
                 ],
             },
-            "manifest_sha256": file_digest(tmp / "manifest.csv"),
+            "manifest_sha256": file_sha256(tmp / "manifest.csv"),
         }
         (tmp / "info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         swap_in(tmp, target)

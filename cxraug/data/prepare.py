@@ -19,9 +19,10 @@ import numpy as np
 
 from cxraug import __version__
 from cxraug.data.dedup import leakage_groups, near_duplicates
-from cxraug.data.prepared import FORMAT_VERSION, PreparedDataset, file_digest, swap_in, write_manifest
+from cxraug.data.prepared import FORMAT_VERSION, PreparedDataset, swap_in, write_manifest
 from cxraug.data.splits import HELD_OUT_RANK, SPLITS, assign_splits
 from cxraug.errors import CxrError, DataError, OptionsError
+from cxraug.fileio import file_sha256
 from cxraug.imageio import RESIZE_MODES, ImageReadError, decode_source
 from cxraug.interfaces import DatasetAdapter, Record
 from cxraug.labels import VOCABULARY, check_label, sort_labels
@@ -341,7 +342,7 @@ def _prepare_into(
                 "strict": settings.strict,
             }
         ),
-        "manifest_sha256": file_digest(tmp_dir / "manifest.csv"),
+        "manifest_sha256": file_sha256(tmp_dir / "manifest.csv"),
     }
     (tmp_dir / "info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     (tmp_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 from collections import Counter
 from pathlib import Path
@@ -14,6 +13,7 @@ import numpy as np
 from cxraug.data.dedup import near_duplicates
 from cxraug.data.splits import SPLITS
 from cxraug.errors import DataError
+from cxraug.fileio import file_sha256
 
 FORMAT_VERSION = 1
 MANIFEST_COLUMNS: tuple[str, ...] = (
@@ -29,10 +29,6 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "origin",
     "provenance",
 )
-
-
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def swap_in(tmp_dir: Path, target: Path) -> None:
@@ -174,7 +170,7 @@ class PreparedDataset:
                         f"{first[0]} (line {first[1]}); a leak between splits. Re-run "
                         "`cxraug data prepare` instead of editing the manifest by hand"
                     )
-        if self.info.get("manifest_sha256") == file_digest(where):
+        if self.info.get("manifest_sha256") == file_sha256(where):
             return  # unchanged since prepare, which already separated near-duplicates
         hashes = np.array([int(r["phash"], 16) for r in self.rows], dtype=np.uint64)
         for i, j, corr in near_duplicates(hashes, lambda k: np.asarray(self.images[k])):

@@ -28,7 +28,3 @@ class ArrayDataset(Dataset):
         if self.transform is not None:
             image = self.transform(image)
         return image, self.targets[k]
-
-    def load_all(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every image as one uint8 tensor (B, 1, S, S) — fast path for small sets that fit in RAM."""
-        return torch.from_numpy(np.asarray(self.images[self.idx]))[:, None], self.targets

@@ -260,9 +260,6 @@ def grids(inputs: MetricInputs, ds: PreparedDataset, out_dir: Path, per_label: i
                 row[:, k * s : (k + 1) * s] = images[i]
             rows.append(row)
     Image.fromarray(np.concatenate(rows), "L").save(out_dir / "samples_real_vs_generated.png")
-    (out_dir / "samples_rows.json").write_text(
-        json.dumps([f"{lb or 'all'}: {kind}" for lb in labels for kind in ("real", "generated")])
-    )
 
 
 def copy_loss_curves(gan_run: Path, out_dir: Path) -> dict[str, str]:

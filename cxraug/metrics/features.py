@@ -15,20 +15,21 @@ import json
 import logging
 import os
 import platform
-import tempfile
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from types import ModuleType
-from typing import IO, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from pydantic import Field
 
+from cxraug import fileio
 from cxraug.errors import CxrError
+from cxraug.fileio import atomic_write
 from cxraug.interfaces import PluginOptions
 
 log = logging.getLogger(__name__)
@@ -185,11 +186,7 @@ def file_sha256(path: Path) -> str:
     st = path.stat()
     memo_key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if memo_key not in _SHA_MEMO:
-        h = hashlib.sha256()
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _SHA_MEMO[memo_key] = h.hexdigest()
+        _SHA_MEMO[memo_key] = fileio.file_sha256(path)
     return _SHA_MEMO[memo_key]
 
 
@@ -397,22 +394,6 @@ def cache_key(images: np.ndarray, extractor: FeatureExtractor, mode: str, digest
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 class FeatureCache:
     """Features (and mean/covariance) of image sets as .npy/.npz files under ``root``.
 
@@ -448,10 +429,10 @@ class FeatureCache:
 
     def save(self, key: str, feats: np.ndarray, meta: dict[str, Any] | None = None) -> Path:
         path = self.features_path(key)
-        _atomic_write(path, lambda f: np.save(f, feats, allow_pickle=False))
+        atomic_write(path, lambda f: np.save(f, feats, allow_pickle=False))
         if meta is not None:
             text = json.dumps(meta, indent=2, sort_keys=True).encode()
-            _atomic_write(self.root / f"{key}.json", lambda f: f.write(text))
+            atomic_write(self.root / f"{key}.json", lambda f: f.write(text))
         return path
 
     def features(
@@ -501,7 +482,7 @@ class FeatureCache:
         feats = self.features(images, extractor, mode, batch_size=batch_size, device=device, key=key)
         mu = np.mean(feats, axis=0)
         sigma = np.cov(feats, rowvar=False)
-        _atomic_write(path, lambda f: np.savez(f, mu=mu, sigma=sigma))
+        atomic_write(path, lambda f: np.savez(f, mu=mu, sigma=sigma))
         return mu, sigma
 
 

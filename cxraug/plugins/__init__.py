@@ -7,7 +7,6 @@ import logging
 import os
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from types import ModuleType
 from typing import Any
 
 import pluggy
@@ -180,8 +179,3 @@ def build_registry(pm: PluginManager) -> Registry:
                     _failure(impl.plugin_name, dist, f"{hook_name} raised {type(exc).__name__}: {exc}")
                 )
     return registry
-
-
-def plugin_module(name: str) -> ModuleType:
-    """Import a built-in plugin module by its dotted name (used by tests and docs)."""
-    return importlib.import_module(name)

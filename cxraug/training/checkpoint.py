@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
 import zipfile
@@ -13,24 +12,14 @@ import numpy as np
 import torch
 
 from cxraug.errors import DataError
+from cxraug.fileio import atomic_write
 
 CHECKPOINT_FORMAT = 1
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, flush + fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """torch.save through a temporary file, fsynced and renamed over ``path``."""
+    atomic_write(Path(path), lambda f: torch.save(obj, f))
 
 
 def safe_load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import signal
@@ -458,9 +457,3 @@ def latest_checkpoint(folder: Path) -> Path | None:
         return None
     found = sorted(folder.glob("ckpt-*.pt"))
     return found[-1] if found else None
-
-
-def unit_folders(run_dir: Path) -> dict[str, Path]:
-    """Label (or 'all') -> the folder holding that unit's checkpoints."""
-    options = json.loads((run_dir / "options.json").read_text())
-    return {u: (run_dir if u == "all" else run_dir / u) for u in options["units"]}

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import csv
-import hashlib
-import io
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from PIL import Image
 from pydantic import ValidationError
 
 from cxraug.errors import DataError, OptionsError
+from cxraug.fileio import atomic_write, file_sha256
 from cxraug.interfaces import GAN, GANSpec
 from cxraug.registry import Registry
 from cxraug.training.checkpoint import safe_load
@@ -41,14 +38,6 @@ class LoadedGenerator:
     sha256: str
     arch: str
     labels: list[str]
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_generator(path: Path, registry: Registry, device: torch.device) -> LoadedGenerator:
@@ -106,17 +95,6 @@ def generators_for(
 def latent_generator(seed: int, label_index: int, index: int) -> torch.Generator:
     """Image ``index`` of a label always gets the same latent, whatever the batch size."""
     return torch.Generator().manual_seed((seed * 1_000_003 + label_index * 10_000_019 + index) % (2**63))
-
-
-def _atomic_png(image: Any, path: Path) -> None:
-    buf = io.BytesIO()
-    Image.fromarray(image, "L").save(buf, format="PNG")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(buf.getvalue())
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def read_generated_manifest(out: Path) -> list[dict[str, str]]:
@@ -190,7 +168,9 @@ def generate_images(
                 images = to_uint8(loaded.gan.generate(z.to(device), labels.to(device), truncation))
                 for i, image in zip(chunk, images, strict=True):
                     rel = f"{label}/{label}-s{seed}-{i:06d}.png"
-                    _atomic_png(image, out / rel)
+                    atomic_write(
+                        out / rel, lambda f, im=image: Image.fromarray(im, "L").save(f, format="PNG")
+                    )
                     writer.writerow(
                         {
                             "file": rel,

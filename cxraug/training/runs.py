@@ -5,11 +5,11 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from cxraug.errors import DataError
+from cxraug.fileio import atomic_write
 from cxraug.workspace import Workspace
 
 OPTIONS_FILE = "options.json"
@@ -73,9 +73,8 @@ def finish_run(run_dir: Path, **extra: Any) -> None:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    text = json.dumps(data, indent=2, default=str) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def read_options(run_dir: Path) -> dict[str, Any]:

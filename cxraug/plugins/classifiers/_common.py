@@ -8,9 +8,10 @@ import logging
 import os
 import pickle
 import re
+from abc import abstractmethod
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 from urllib.parse import urlparse
 
 import torch
@@ -19,7 +20,7 @@ from torch import nn
 from torchvision.models import WeightsEnum
 
 from cxraug.errors import CxrError, OptionsError
-from cxraug.interfaces import Plugin, PluginOptions
+from cxraug.interfaces import Classifier, Plugin, PluginOptions
 
 log = logging.getLogger(__name__)
 
@@ -301,3 +302,44 @@ def fix_densenet_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
         match = _OLD_DENSENET_KEY.match(key)
         out[match.group(1) + match.group(2) if match else key] = value
     return out
+
+
+class TorchvisionClassifier(Classifier):
+    """An ImageNet torchvision model, loaded once, cut and re-headed; subclasses say where and how.
+
+    ``make`` builds the full torchvision model (``state`` is the state dict about to be loaded, or
+    None), ``assemble`` turns it into the network ``build`` returns.
+    """
+
+    input_size: ClassVar[int] = 224
+    pretrained_by_default: ClassVar[bool] = True
+    #: The torchvision weights used when pretrained.
+    imagenet_weights: ClassVar[WeightsEnum]
+    #: A key of the original classification layer, to tell the file's class count.
+    head_key: ClassVar[str]
+
+    @staticmethod
+    def fix_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Rename keys of old weight files before loading (identity unless overridden)."""
+        return state
+
+    @abstractmethod
+    def make(self, num_classes: int, state: Mapping[str, torch.Tensor] | None) -> nn.Module:
+        """The full torchvision model with ``num_classes`` outputs, untrained."""
+
+    @abstractmethod
+    def assemble(self, full: nn.Module, num_classes: int) -> nn.Module:
+        """The returned network: the cut trunk of ``full`` and its new head."""
+
+    def build(self, num_classes: int, *, pretrained: bool, weights: Path | None) -> nn.Module:
+        check_num_classes(num_classes, self.name)
+        full = torchvision_model(
+            self.name,
+            self.make,
+            self.imagenet_weights,
+            pretrained=pretrained,
+            weights=weights,
+            head_key=self.head_key,
+            fix_keys=type(self).fix_keys,
+        )
+        return self.assemble(full, num_classes)

@@ -9,7 +9,6 @@ COVIDx (three labels: normal, pneumonia, COVID-19).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -17,12 +16,11 @@ from torch import nn
 from torchvision.models import AlexNet, AlexNet_Weights, WeightsEnum
 
 from cxraug import hookimpl
-from cxraug.interfaces import Classifier, PluginOptions
+from cxraug.interfaces import PluginOptions
 from cxraug.plugins.classifiers._common import (
     FreezeOptions,
+    TorchvisionClassifier,
     TransferNet,
-    check_num_classes,
-    torchvision_model,
     typed_options,
 )
 
@@ -31,7 +29,7 @@ class AlexNetOptions(FreezeOptions):
     """Options of the ``alexnet`` classifier; ``freeze_backbone`` fixes the convolutional ``features``."""
 
 
-class AlexNetClassifier(Classifier):
+class AlexNetClassifier(TorchvisionClassifier):
     """torchvision AlexNet with its final Linear(4096, 1000) replaced by Linear(4096, num_classes).
 
     ``backbone`` is ``features`` + ``avgpool`` (256x6x6 at 224); ``head`` is flatten + the original
@@ -41,27 +39,15 @@ class AlexNetClassifier(Classifier):
     name: ClassVar[str] = "alexnet"
     description: ClassVar[str] = "AlexNet (Krizhevsky et al. 2012) fine-tuned from ImageNet, new last layer"
     Options: ClassVar[type[PluginOptions]] = AlexNetOptions
-    input_size: ClassVar[int] = 224
     default_lr: ClassVar[float] = 1e-4
-    pretrained_by_default: ClassVar[bool] = True
-    #: The torchvision weights used when pretrained (file alexnet-owt-7be5be79.pth).
+    #: ImageNet weights file: alexnet-owt-7be5be79.pth.
     imagenet_weights: ClassVar[WeightsEnum] = AlexNet_Weights.IMAGENET1K_V1
+    head_key: ClassVar[str] = "classifier.6.weight"
 
-    def build(self, num_classes: int, *, pretrained: bool, weights: Path | None) -> nn.Module:
-        check_num_classes(num_classes, self.name)
-        opts = typed_options(self, AlexNetOptions)
+    def make(self, num_classes: int, state: Mapping[str, torch.Tensor] | None) -> nn.Module:
+        return AlexNet(num_classes=num_classes)
 
-        def make(n: int, state: Mapping[str, torch.Tensor] | None) -> nn.Module:
-            return AlexNet(num_classes=n)
-
-        full = torchvision_model(
-            self.name,
-            make,
-            self.imagenet_weights,
-            pretrained=pretrained,
-            weights=weights,
-            head_key="classifier.6.weight",
-        )
+    def assemble(self, full: nn.Module, num_classes: int) -> nn.Module:
         assert isinstance(full, AlexNet)
         classifier = full.classifier
         last = classifier[-1]
@@ -70,7 +56,7 @@ class AlexNetClassifier(Classifier):
         return TransferNet(
             nn.Sequential(full.features, full.avgpool),
             nn.Sequential(nn.Flatten(), classifier),
-            frozen=opts.freeze_backbone,
+            frozen=typed_options(self, AlexNetOptions).freeze_backbone,
         )
 
 

@@ -9,7 +9,6 @@ the final classifier replaced, the whole network fine-tuned. The recommended def
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -17,13 +16,12 @@ from torch import nn
 from torchvision.models import DenseNet, DenseNet121_Weights, WeightsEnum, densenet121
 
 from cxraug import hookimpl
-from cxraug.interfaces import Classifier, PluginOptions
+from cxraug.interfaces import PluginOptions
 from cxraug.plugins.classifiers._common import (
     FreezeOptions,
+    TorchvisionClassifier,
     TransferNet,
-    check_num_classes,
     fix_densenet_keys,
-    torchvision_model,
     typed_options,
 )
 
@@ -32,7 +30,7 @@ class DenseNet121Options(FreezeOptions):
     """Options of the ``densenet121`` classifier."""
 
 
-class DenseNet121Classifier(Classifier):
+class DenseNet121Classifier(TorchvisionClassifier):
     """torchvision DenseNet-121 with its Linear(1024, 1000) classifier replaced by Linear(1024, num_classes).
 
     ``backbone`` is ``features`` (1024x7x7 at 224, ending with the last batch norm); ``head`` is
@@ -45,28 +43,17 @@ class DenseNet121Classifier(Classifier):
         "DenseNet-121 (Huang et al. 2017), the CheXNet backbone, fine-tuned; recommended"
     )
     Options: ClassVar[type[PluginOptions]] = DenseNet121Options
-    input_size: ClassVar[int] = 224
     default_lr: ClassVar[float] = 1e-4
-    pretrained_by_default: ClassVar[bool] = True
-    #: The torchvision weights used when pretrained (file densenet121-a639ec97.pth).
+    #: ImageNet weights file: densenet121-a639ec97.pth.
     imagenet_weights: ClassVar[WeightsEnum] = DenseNet121_Weights.IMAGENET1K_V1
+    head_key: ClassVar[str] = "classifier.weight"
 
-    def build(self, num_classes: int, *, pretrained: bool, weights: Path | None) -> nn.Module:
-        check_num_classes(num_classes, self.name)
-        opts = typed_options(self, DenseNet121Options)
+    fix_keys = staticmethod(fix_densenet_keys)
 
-        def make(n: int, state: Mapping[str, torch.Tensor] | None) -> nn.Module:
-            return densenet121(weights=None, num_classes=n)
+    def make(self, num_classes: int, state: Mapping[str, torch.Tensor] | None) -> nn.Module:
+        return densenet121(weights=None, num_classes=num_classes)
 
-        full = torchvision_model(
-            self.name,
-            make,
-            self.imagenet_weights,
-            pretrained=pretrained,
-            weights=weights,
-            head_key="classifier.weight",
-            fix_keys=fix_densenet_keys,
-        )
+    def assemble(self, full: nn.Module, num_classes: int) -> nn.Module:
         assert isinstance(full, DenseNet)
         head = nn.Sequential(
             nn.ReLU(),
@@ -74,7 +61,9 @@ class DenseNet121Classifier(Classifier):
             nn.Flatten(),
             nn.Linear(full.classifier.in_features, num_classes),
         )
-        return TransferNet(full.features, head, frozen=opts.freeze_backbone)
+        return TransferNet(
+            full.features, head, frozen=typed_options(self, DenseNet121Options).freeze_backbone
+        )
 
 
 @hookimpl

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping
-from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -17,14 +16,13 @@ from torch import nn
 from torchvision.models import Inception3, Inception_V3_Weights, WeightsEnum
 
 from cxraug import hookimpl
-from cxraug.interfaces import Classifier, PluginOptions
+from cxraug.interfaces import PluginOptions
 from cxraug.plugins.classifiers._common import (
     ImageNetInput,
+    TorchvisionClassifier,
     TransferHeadOptions,
     TransferNet,
-    check_num_classes,
     dense_head,
-    torchvision_model,
     typed_options,
 )
 
@@ -55,7 +53,7 @@ class InceptionV3Options(TransferHeadOptions):
     """Options of the ``inception_v3`` classifier."""
 
 
-class InceptionV3Classifier(Classifier):
+class InceptionV3Classifier(TorchvisionClassifier):
     """torchvision Inception3 up to ``Mixed_6e`` (= Keras ``mixed7``) + the dense head.
 
     ``backbone`` outputs 768x17x17 at 299, so the head's first layer is Linear(221952, 1024): about
@@ -72,30 +70,20 @@ class InceptionV3Classifier(Classifier):
     Options: ClassVar[type[PluginOptions]] = InceptionV3Options
     input_size: ClassVar[int] = 299
     default_lr: ClassVar[float] = 1e-5
-    pretrained_by_default: ClassVar[bool] = True
-    #: The torchvision weights used when pretrained (file inception_v3_google-0cc3c7bd.pth).
+    #: ImageNet weights file: inception_v3_google-0cc3c7bd.pth.
     imagenet_weights: ClassVar[WeightsEnum] = Inception_V3_Weights.IMAGENET1K_V1
+    head_key: ClassVar[str] = "fc.weight"
 
-    def build(self, num_classes: int, *, pretrained: bool, weights: Path | None) -> nn.Module:
-        check_num_classes(num_classes, self.name)
-        opts = typed_options(self, InceptionV3Options)
-
-        def make(n: int, state: Mapping[str, torch.Tensor] | None) -> nn.Module:
-            # Published files carry the auxiliary classifier; a state_dict saved without it fits too.
-            aux = state is not None and any(k.startswith("AuxLogits.") for k in state)
-            return Inception3(
-                num_classes=n, aux_logits=aux, transform_input=False, init_weights=state is None
-            )
-
-        full = torchvision_model(
-            self.name,
-            make,
-            self.imagenet_weights,
-            pretrained=pretrained,
-            weights=weights,
-            head_key="fc.weight",
+    def make(self, num_classes: int, state: Mapping[str, torch.Tensor] | None) -> nn.Module:
+        # Published files carry the auxiliary classifier; a state_dict saved without it fits too.
+        aux = state is not None and any(k.startswith("AuxLogits.") for k in state)
+        return Inception3(
+            num_classes=num_classes, aux_logits=aux, transform_input=False, init_weights=state is None
         )
+
+    def assemble(self, full: nn.Module, num_classes: int) -> nn.Module:
         assert isinstance(full, Inception3)
+        opts = typed_options(self, InceptionV3Options)
         trunk = nn.Sequential(OrderedDict((name, getattr(full, name)) for name in TRUNK_MODULES))
         c, h, w = TRUNK_SHAPE
         return TransferNet(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping
-from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -18,13 +17,12 @@ from torch import nn
 from torchvision.models import ResNet, ResNet50_Weights, WeightsEnum, resnet50
 
 from cxraug import hookimpl
-from cxraug.interfaces import Classifier, PluginOptions
+from cxraug.interfaces import PluginOptions
 from cxraug.plugins.classifiers._common import (
+    TorchvisionClassifier,
     TransferHeadOptions,
     TransferNet,
-    check_num_classes,
     dense_head,
-    torchvision_model,
     typed_options,
 )
 
@@ -38,7 +36,7 @@ class ResNet50Options(TransferHeadOptions):
     """Options of the ``resnet50`` classifier."""
 
 
-class ResNet50Classifier(Classifier):
+class ResNet50Classifier(TorchvisionClassifier):
     """torchvision ResNet-50 up to ``layer4`` (no global pooling) + the dense head.
 
     ``backbone`` outputs 2048x7x7 at 224, so the head's first layer is Linear(100352, 1024) (about
@@ -49,28 +47,17 @@ class ResNet50Classifier(Classifier):
     name: ClassVar[str] = "resnet50"
     description: ClassVar[str] = "ResNet-50 (He et al. 2016) to conv5_block3_out + 1024-64 dense head"
     Options: ClassVar[type[PluginOptions]] = ResNet50Options
-    input_size: ClassVar[int] = 224
     default_lr: ClassVar[float] = 1e-4
-    pretrained_by_default: ClassVar[bool] = True
-    #: The torchvision weights used when pretrained (file resnet50-0676ba61.pth).
+    #: ImageNet weights file: resnet50-0676ba61.pth.
     imagenet_weights: ClassVar[WeightsEnum] = ResNet50_Weights.IMAGENET1K_V1
+    head_key: ClassVar[str] = "fc.weight"
 
-    def build(self, num_classes: int, *, pretrained: bool, weights: Path | None) -> nn.Module:
-        check_num_classes(num_classes, self.name)
-        opts = typed_options(self, ResNet50Options)
+    def make(self, num_classes: int, state: Mapping[str, torch.Tensor] | None) -> nn.Module:
+        return resnet50(weights=None, num_classes=num_classes)
 
-        def make(n: int, state: Mapping[str, torch.Tensor] | None) -> nn.Module:
-            return resnet50(weights=None, num_classes=n)
-
-        full = torchvision_model(
-            self.name,
-            make,
-            self.imagenet_weights,
-            pretrained=pretrained,
-            weights=weights,
-            head_key="fc.weight",
-        )
+    def assemble(self, full: nn.Module, num_classes: int) -> nn.Module:
         assert isinstance(full, ResNet)
+        opts = typed_options(self, ResNet50Options)
         trunk = nn.Sequential(OrderedDict((name, getattr(full, name)) for name in TRUNK_MODULES))
         c, h, w = TRUNK_SHAPE
         return TransferNet(

@@ -8,7 +8,6 @@ Transfer learning as in the conditional-GAN augmentation study: the ImageNet net
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -16,13 +15,12 @@ from torch import nn
 from torchvision.models import VGG, VGG16_Weights, WeightsEnum, vgg16
 
 from cxraug import hookimpl
-from cxraug.interfaces import Classifier, PluginOptions
+from cxraug.interfaces import PluginOptions
 from cxraug.plugins.classifiers._common import (
+    TorchvisionClassifier,
     TransferHeadOptions,
     TransferNet,
-    check_num_classes,
     dense_head,
-    torchvision_model,
     typed_options,
 )
 
@@ -34,7 +32,7 @@ class VGG16Options(TransferHeadOptions):
     """Options of the ``vgg16`` classifier."""
 
 
-class VGG16Classifier(Classifier):
+class VGG16Classifier(TorchvisionClassifier):
     """torchvision VGG16 ``features`` (13 convolutions, ending with block5's max-pool) + the dense head.
 
     ``backbone`` outputs 512x7x7 at 224; the head's first layer is Linear(25088, 1024). The backbone
@@ -44,28 +42,17 @@ class VGG16Classifier(Classifier):
     name: ClassVar[str] = "vgg16"
     description: ClassVar[str] = "VGG16 (Simonyan & Zisserman 2015) to block5_pool + 1024-64 dense head"
     Options: ClassVar[type[PluginOptions]] = VGG16Options
-    input_size: ClassVar[int] = 224
     default_lr: ClassVar[float] = 1e-3
-    pretrained_by_default: ClassVar[bool] = True
-    #: The torchvision weights used when pretrained (file vgg16-397923af.pth).
+    #: ImageNet weights file: vgg16-397923af.pth.
     imagenet_weights: ClassVar[WeightsEnum] = VGG16_Weights.IMAGENET1K_V1
+    head_key: ClassVar[str] = "classifier.6.weight"
 
-    def build(self, num_classes: int, *, pretrained: bool, weights: Path | None) -> nn.Module:
-        check_num_classes(num_classes, self.name)
-        opts = typed_options(self, VGG16Options)
+    def make(self, num_classes: int, state: Mapping[str, torch.Tensor] | None) -> nn.Module:
+        return vgg16(weights=None, num_classes=num_classes)
 
-        def make(n: int, state: Mapping[str, torch.Tensor] | None) -> nn.Module:
-            return vgg16(weights=None, num_classes=n)
-
-        full = torchvision_model(
-            self.name,
-            make,
-            self.imagenet_weights,
-            pretrained=pretrained,
-            weights=weights,
-            head_key="classifier.6.weight",
-        )
+    def assemble(self, full: nn.Module, num_classes: int) -> nn.Module:
         assert isinstance(full, VGG)
+        opts = typed_options(self, VGG16Options)
         c, h, w = TRUNK_SHAPE
         return TransferNet(
             full.features, dense_head(c * h * w, num_classes, opts.dropout), frozen=opts.freeze_backbone
