@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
+
+from cxraug.fileio import atomic_write
+
+log = logging.getLogger(__name__)
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -53,8 +58,23 @@ def loss_plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
 
 
 def progress_gif(frames: list[Path], path: Path, duration_ms: int = 400) -> None:
-    """An animated GIF of the sample grids over training."""
-    if not frames:
+    """An animated GIF of the sample grids over training, skipping frames that cannot be read."""
+    images: list[Image.Image] = []
+    for frame in frames:
+        try:
+            with Image.open(frame) as im:
+                im.load()  # open() only reads the header; a truncated file fails here, not later
+                images.append(im.convert("L"))
+        except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+            # A sample PNG cut by a killed run must not make every later resume crash; Pillow reports
+            # damaged files with any of these depending on where the bytes stop.
+            log.warning("progress animation: skipping unreadable frame %s (%s)", frame, exc)
+    if not images:
         return
-    images = [Image.open(f).convert("L") for f in frames]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=duration_ms, loop=0)
+    first, rest = images[0], images[1:]
+    atomic_write(
+        Path(path),
+        lambda fh: first.save(
+            fh, format="GIF", save_all=True, append_images=rest, duration=duration_ms, loop=0
+        ),
+    )
