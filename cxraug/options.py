@@ -71,7 +71,9 @@ def load_config(path: Path | None) -> dict[str, Any]:
 
 
 #: Command-level tables a config file may hold (values for the command's own flags).
-COMMAND_SECTIONS: frozenset[str] = frozenset({"prepare", "train-gan", "augment", "train-classifier"})
+COMMAND_SECTIONS: frozenset[str] = frozenset(
+    {"prepare", "train-gan", "augment", "train-classifier", "evaluate"}
+)
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

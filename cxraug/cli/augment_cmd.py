@@ -11,22 +11,21 @@ from rich.table import Table
 from cxraug.cli.common import (
     AppContext,
     ConfigOpt,
+    DeviceOpt,
     DryRunOpt,
     OptOpt,
     WorkspaceOpt,
-    apply_command_config,
+    given_flags,
     handle_errors,
     load_config_and_opts,
-    parse_counts,
+    per_plugin_options,
     print_json,
     workspace_from,
 )
-from cxraug.data.augment import AugmentStep, augment_dataset, balanced_counts, origin_counts
-from cxraug.data.resolve import open_dataset
-from cxraug.errors import OptionsError
-from cxraug.options import resolve_options, to_jsonable
-from cxraug.training.gan_trainer import pick_device
-from cxraug.training.runs import gan_labels, read_options, resolve_run
+from cxraug.data.augment import origin_counts
+from cxraug.data.prepared import PreparedDataset
+from cxraug.settings import build_settings
+from cxraug.training.augmentation import AugmentSettings, plan_augment, run_augment
 from cxraug.ui import console
 
 
@@ -57,24 +56,24 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
         classic_per_class: Annotated[
             str | None, typer.Option("--classic-per-class", help="Classic counts per label.")
         ] = None,
-        truncation: Annotated[float, typer.Option("--truncation", help="Truncation psi of the GAN.")] = 1.0,
+        truncation: Annotated[
+            float | None, typer.Option("--truncation", help="Truncation psi of the GAN.")
+        ] = None,
         filter_run: Annotated[
             Path | None,
             typer.Option("--filter", help="Classifier run that must recognise each synthetic image's label."),
         ] = None,
         min_confidence: Annotated[
-            float,
+            float | None,
             typer.Option(
                 "--min-confidence", help="Probability of the intended label needed to keep a synthetic image."
             ),
-        ] = 0.5,
+        ] = None,
         name: Annotated[
             str | None, typer.Option("--name", help="New dataset name (default: derived).")
         ] = None,
         seed: Annotated[int, typer.Option("--seed", help="Seed.")] = 0,
-        device: Annotated[
-            str, typer.Option("--device", help="auto, cpu, cuda or mps (for the GAN).")
-        ] = "auto",
+        device: DeviceOpt = "auto",
         force: Annotated[
             bool, typer.Option("--force", help="Replace an existing dataset of that name.")
         ] = False,
@@ -84,102 +83,21 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
         workspace: WorkspaceOpt = None,
     ) -> None:
         """New dataset = real training images + classic and/or synthetic ones; val/test untouched."""
-        cfg_file, opts = load_config_and_opts(config, opt)
-        v = apply_command_config(
-            typer_ctx,
-            cfg_file,
-            "augment",
-            dict(
-                data=data,
-                synthetic=synthetic,
-                gan=gan,
-                label=label,
-                per_class=per_class,
-                classic=classic,
-                classic_per_class=classic_per_class,
-                truncation=truncation,
-                min_confidence=min_confidence,
-                filter_run=filter_run,
-                seed=seed,
-                name=name,
-                device=device,
-            ),
-        )
-        if label is not None and (per_class or classic_per_class):
-            raise OptionsError("give --label or --per-class/--classic-per-class, not both")
-        stray = [k for k in opts if k not in ("classic", "synthetic")]
-        if stray:
-            raise OptionsError(
-                f"--opt {stray[0]}=...: prefix augmenter options, e.g. --opt classic.rotation=15 "
-                "or --opt synthetic.max_tries=10"
-            )
+        cfg, opts = load_config_and_opts(config, opt)
+        options = per_plugin_options(cfg, "augmenter", opts, "classic.rotation=15")
+        flags = {**given_flags(typer_ctx, AugmentSettings), "augmenter_options": options}
+        settings = build_settings(AugmentSettings, flags=flags, config=cfg).settings
         ws = workspace_from(workspace)
-        registry = ctx.registry
-        want_synthetic = bool(v["synthetic"] or v["per_class"])
-        want_classic = bool(v["classic"] or v["classic_per_class"])
-        if not (want_synthetic or want_classic):
-            raise OptionsError("nothing to add: give --synthetic N (and/or --classic N)")
-        gan_run = None
-        if want_synthetic:
-            gan_run = resolve_run(ws, "gan", v["gan"])
-        data_name = v["data"]
-        if data_name is None and gan_run is not None:
-            data_name = read_options(gan_run)["config"]["data"]
-        source = open_dataset(ws, registry, data_name)
-        current = {lb: len(source.indices("train", [lb])) for lb in source.classes}
-        steps = []
-        if want_classic:
-            cls = registry.get("augmenter", "classic")
-            options = resolve_options(
-                cls.Options,
-                plugin="augmenter classic",
-                config=cfg_file.get("augmenter", {}).get("classic", {}),
-                opts=opts.get("classic", {}),
-            )
-            counts = _counts(v["classic_per_class"], v["label"], int(v["classic"]), current, source.classes)
-            steps.append(AugmentStep(cls(options), counts))
-            current = {lb: current[lb] + counts.get(lb, 0) for lb in current}
-        if want_synthetic:
-            cls = registry.get("augmenter", "synthetic")
-            table = dict(cfg_file.get("augmenter", {}).get("synthetic", {}))
-            table["run"] = str(gan_run)
-            for flag, key in (("truncation", "truncation"), ("min_confidence", "min_confidence")):
-                given = typer_ctx.get_parameter_source(flag).name != "DEFAULT"
-                if given or key not in table or key in cfg_file.get("augment", {}):
-                    table[key] = float(v[flag])
-            if v["filter_run"] is not None:
-                table["filter_run"] = str(v["filter_run"])
-            options = resolve_options(
-                cls.Options, plugin="augmenter synthetic", config=table, opts=opts.get("synthetic", {})
-            )
-            generated = gan_labels(gan_run)
-            labels = [lb for lb in source.classes if lb in generated] or source.classes
-            counts = _counts(v["per_class"], v["label"], int(v["synthetic"]), current, labels)
-            steps.append(AugmentStep(cls(options), counts))
-        tag = "".join(f"-{s.augmenter.name[:3]}{sum(s.counts.values())}" for s in steps)
-        new_name = v["name"] or f"{source.name}-aug{tag}-s{v['seed']}"
-        plan = {
-            "source": source.name,
-            "name": new_name,
-            "gan_run": str(gan_run) if gan_run else None,
-            "seed": v["seed"],
-            "steps": [
-                {"augmenter": s.augmenter.name, "counts": s.counts, "options": s.augmenter.options}
-                for s in steps
-            ],
-        }
+        plan = plan_augment(ws, ctx.registry, settings)
         if dry_run:
-            print_json(to_jsonable(plan))
+            print_json(plan.as_dict(settings.seed))
             return
-        context = {"workspace": ws, "registry": registry, "device": str(pick_device(v["device"]))}
-        dataset = augment_dataset(
-            ws, source, steps, name=new_name, seed=int(v["seed"]), force=force, context=context
-        )
-        for step in steps:
+        dataset = run_augment(ws, ctx.registry, settings, plan)
+        for step in plan.steps:
             rejected = getattr(step.augmenter, "rejected", None)
             if rejected and any(rejected.values()):
                 console.print(f"quality filter rejected: {rejected}")
-        _print_table(dataset)
+        console.print(_table(dataset))
         console.print(
             f"new dataset: {dataset.name} ({dataset.path}); val/test are the source's, unchanged.",
             soft_wrap=True,
@@ -187,25 +105,7 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
         console.print(f"train on it: `cxraug train-classifier ARCH --data {dataset.name}`", soft_wrap=True)
 
 
-def _counts(
-    spec: str | None, label: str | None, n: int, current: dict[str, int], labels: list[str]
-) -> dict[str, int]:
-    if spec:
-        counts = parse_counts(spec, "--per-class")
-        bad = [lb for lb in counts if lb not in labels]
-        if bad:
-            raise OptionsError(
-                f"--per-class: {', '.join(bad)} not available here (choose from {', '.join(labels)})"
-            )
-        return counts
-    if label is not None:
-        if label not in labels:
-            raise OptionsError(f"--label {label!r}: choose one of {', '.join(labels)}")
-        return {label: n}
-    return balanced_counts(current, n, labels)
-
-
-def _print_table(dataset) -> None:
+def _table(dataset: PreparedDataset) -> Table:
     counts = origin_counts(dataset)
     origins = sorted({o for c in counts.values() for o in c}, key=lambda o: (o != "real", o))
     table = Table(title=f"{dataset.name}: training images by label and origin")
@@ -216,4 +116,4 @@ def _print_table(dataset) -> None:
     for lb in dataset.classes:
         c = counts.get(lb, {})
         table.add_row(lb, *(str(c.get(o, 0)) for o in origins), str(sum(c.values())))
-    console.print(table)
+    return table

@@ -13,13 +13,16 @@ import typer
 from rich.markup import escape
 
 from cxraug.errors import CxrError, OptionsError, TrainingInterruptedError
-from cxraug.options import load_config, parse_opts, resolve_options
+from cxraug.options import load_config, options_table, parse_opts
 from cxraug.plugins import PluginManager, build_registry
 from cxraug.registry import Registry
+from cxraug.settings import Built, Settings, build_settings
+from cxraug.training.lifecycle import Job, Outcome
 from cxraug.ui import console
 from cxraug.workspace import Workspace
 
 F = TypeVar("F", bound=Callable[..., Any])
+S = TypeVar("S", bound=Settings)
 
 
 @dataclass
@@ -83,65 +86,102 @@ ConfigOpt = Annotated[
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the resolved options and stop.")]
 
 
-def split_list(values: Any) -> list[str]:
-    """``["a,b", "c"]`` (repeated or comma-separated flags, or a config list) -> ``["a", "b", "c"]``."""
-    if values is None:
-        return []
-    if isinstance(values, str):
-        values = [values]
-    return [v.strip() for item in values for v in str(item).split(",") if v.strip()]
-
-
-def parse_counts(text: str, flag: str) -> dict[str, int]:
-    """``"covid=600,normal=400"`` -> counts per label."""
-    out: dict[str, int] = {}
-    for part in text.split(","):
-        label, sep, n = part.partition("=")
-        try:
-            value = int(n)
-        except ValueError:
-            value = -1
-        if not sep or not label.strip() or value < 0:
-            raise OptionsError(f"{flag} {text!r}: expected LABEL=N,..., e.g. covid=600,normal=400")
-        out[label.strip()] = value
-    return out
-
-
 def workspace_from(path: Path | None) -> Workspace:
     return Workspace.from_option(path)
 
 
-def apply_command_config(
-    ctx: typer.Context, config: dict[str, Any], section: str, values: dict[str, Any]
-) -> dict[str, Any]:
-    """Fill flags left at their defaults from the config's ``[section]`` table (flags win)."""
-    table = config.get(section, {})
-    out = dict(values)
-    path = config.get("__path__", "config")
-    for key, value in table.items():
-        param = key.replace("-", "_")
-        if param not in values:
-            valid = ", ".join(sorted(k.replace("_", "-") for k in values))
-            raise OptionsError(f"{path}: [{section}] has unknown key {key!r}; valid keys: {valid}")
-        source = ctx.get_parameter_source(param)
-        if source is None or source.name == "DEFAULT":
-            out[param] = value
+def load_config_and_opts(config: Path | None, opt: list[str] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    return load_config(config), parse_opts(opt)
+
+
+def given_flags(typer_ctx: typer.Context, model: type[Settings]) -> dict[str, Any]:
+    """The command's parameters that are fields of ``model`` and were given on the command line."""
+    out: dict[str, Any] = {}
+    for name, value in typer_ctx.params.items():
+        source = typer_ctx.get_parameter_source(name)
+        if name in model.model_fields and source is not None and source.name != "DEFAULT":
+            out[name] = str(value) if isinstance(value, Path) else value
     return out
 
 
-def plugin_options(
-    registry: Registry, kind: str, name: str, config: dict[str, Any], opts: dict[str, Any]
-) -> Any:
-    """Instantiate plugin ``name`` of ``kind`` with options from config and --opt."""
-    cls = registry.get(kind, name)
-    table = config.get(kind, {}).get(name, {})
-    return cls, resolve_options(cls.Options, plugin=f"{kind} {name}", config=table, opts=opts)
+def command_settings(
+    typer_ctx: typer.Context,
+    model: type[S],
+    config: dict[str, Any],
+    *,
+    plugin_kind: str | None = None,
+    opts: dict[str, Any] | None = None,
+) -> Built[S]:
+    """Flags and the config's command table as validated settings; plugin options under ``options``.
+
+    ``[KIND.ARCH]`` config tables and ``--opt`` give the plugin options (validated by the plugin
+    once the run is resolved); ARCH is the command's argument or its config table's ``arch``.
+    """
+    flags = given_flags(typer_ctx, model)
+    if plugin_kind is not None:
+        arch = flags.get("arch") or config.get(model.section, {}).get("arch")
+        table = dict(config.get(plugin_kind, {}).get(arch, {})) if arch else {}
+        merged = {**table, **(opts or {})}
+        if merged:
+            flags["options"] = merged
+    return build_settings(model, flags=flags, config=config)
 
 
-def load_config_and_opts(config: Path | None, opt: list[str] | None) -> tuple[dict, dict]:
-    return load_config(config), parse_opts(opt)
+def report(job: Job[Any, Any], outcome: Outcome[Any]) -> None:
+    """What a lifecycle did, for the terminal: the dry-run plan, a note, or the finished run."""
+    if outcome.plan is not None:
+        print_json(outcome.plan)
+    elif outcome.note:
+        console.print(escape(outcome.note), soft_wrap=True)
+    elif outcome.exit_code:
+        raise typer.Exit(outcome.exit_code)
+    elif outcome.report and outcome.run is not None:
+        for line in job.describe(outcome.run):
+            console.print(line, soft_wrap=True, highlight=False)
+
+
+def plugin_epilog(registry_of: Callable[[], Registry], kind: str, title: str) -> str:
+    """``--help`` text listing the installed plugins of a kind and their --opt keys."""
+    try:
+        registry = registry_of()
+    except Exception:  # pragma: no cover - help must render even if a plugin is broken
+        return ""
+    lines = [f"{title} and their --opt keys:\n\n"]
+    for name in registry.names(kind):
+        cls = registry.get(kind, name)
+        keys = ", ".join(f"{k}={d}" for k, d, _ in options_table(cls.Options)) or "no options"
+        lines.append(f"[bold]{name}[/]: {escape(cls.description)} ({escape(keys)})\n\n")
+    return "".join(lines)
 
 
 def print_json(data: Any) -> None:
     """Machine-readable output on stdout."""
     typer.echo(json.dumps(data, indent=2, default=str))
+
+
+DataOpt = Annotated[
+    str | None, typer.Option("--data", help="Prepared dataset (default: latest, or the demo).")
+]
+ClassesOpt = Annotated[
+    list[str] | None, typer.Option("--classes", help="Labels to use (comma list; default: all).")
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed (same seed on CPU: identical results).")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")]
+ResumeOpt = Annotated[
+    str | None, typer.Option("--resume", help="auto (latest unfinished run) or a run folder.")
+]
+NprocOpt = Annotated[
+    int, typer.Option("--nproc", help="Processes for DistributedDataParallel (launches torchrun).")
+]
+BatchOpt = Annotated[int, typer.Option("--batch-size", help="Images per step (all processes together).")]
+
+
+def per_plugin_options(
+    config: dict[str, Any], kind: str, opts: dict[str, Any], example: str
+) -> dict[str, Any]:
+    """``[KIND.NAME]`` config tables merged with ``--opt NAME.KEY=VALUE`` (flags win), by plugin name."""
+    bad = [k for k, v in opts.items() if not isinstance(v, dict)]
+    if bad:
+        raise OptionsError(f"--opt {bad[0]}=...: prefix options with the plugin's name, e.g. --opt {example}")
+    tables = config.get(kind, {})
+    return {k: {**tables.get(k, {}), **opts.get(k, {})} for k in {*tables, *opts}}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import typer
@@ -18,31 +18,22 @@ from cxraug.cli.common import (
     DryRunOpt,
     OptOpt,
     WorkspaceOpt,
-    apply_command_config,
+    command_settings,
     handle_errors,
     load_config_and_opts,
-    plugin_options,
+    plugin_epilog,
     print_json,
-    split_list,
     workspace_from,
 )
-from cxraug.data.prepare import PrepareSettings, Source, prepare_dataset
+from cxraug.data.prepare import PrepareResult, PrepareSettings, Source, prepare_dataset
+from cxraug.data.prepare_command import PrepareCommand, build_sources, parse_sources
 from cxraug.data.prepared import PreparedDataset
 from cxraug.data.resolve import open_dataset
-from cxraug.data.splits import SPLITS, parse_ratios
+from cxraug.data.splits import SPLITS
 from cxraug.errors import OptionsError
-from cxraug.options import options_table, to_jsonable
+from cxraug.options import to_jsonable
 from cxraug.ui import console
-
-
-def _parse_map(values: list[str] | None) -> dict[str, str]:
-    out = {}
-    for item in values or []:
-        src, sep, dst = item.partition("=")
-        if not sep or not src or not dst:
-            raise OptionsError(f"--map {item!r}: expected SRC=DST, e.g. --map pneumonia_viral=pneumonia")
-        out[src.strip()] = dst.strip()
-    return out
+from cxraug.workspace import Workspace
 
 
 def counts_table(title: str, counts: dict[str, dict[str, int]]) -> Table:
@@ -76,17 +67,15 @@ def sample_grid(dataset: PreparedDataset, per_label: int = 8, seed: int = 0) -> 
 def add_commands(app: typer.Typer, ctx: AppContext) -> None:
     data = typer.Typer(help="Prepare datasets once; list and inspect them.", no_args_is_help=True)
     app.add_typer(data, name="data")
-    adapters_help = _adapters_epilog(ctx)
 
-    @data.command("prepare", epilog=adapters_help)
+    @data.command("prepare", epilog=plugin_epilog(lambda: ctx.registry, "dataset", "Adapters"))
     @handle_errors
     def prepare(
         typer_ctx: typer.Context,
         sources: Annotated[
             list[str],
             typer.Argument(
-                help="ADAPTER (with --root) or ADAPTER=PATH, several to merge sources.",
-                show_default=False,
+                help="ADAPTER (with --root) or ADAPTER=PATH, several to merge sources.", show_default=False
             ),
         ],
         root: Annotated[
@@ -100,8 +89,7 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
             str, typer.Option("--resize", help="pad (keep whole image) or crop (centre).")
         ] = "pad",
         split: Annotated[
-            str,
-            typer.Option("--split", help="train,val,test fractions when a source has no official split."),
+            str, typer.Option("--split", help="train,val,test fractions when a source has no official split.")
         ] = "0.7,0.15,0.15",
         seed: Annotated[int, typer.Option("--seed", help="Seed of the split.")] = 0,
         classes: Annotated[
@@ -125,94 +113,15 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
     ) -> None:
         """Decode every image once into a memory-mapped cache with a manifest and splits."""
         cfg, opts = load_config_and_opts(config, opt)
-        if "map" in cfg.get("prepare", {}):  # the flag is --map; its parameter is label_map
-            cfg["prepare"]["label_map"] = cfg["prepare"].pop("map")
-        values = apply_command_config(
-            typer_ctx,
-            cfg,
-            "prepare",
-            dict(
-                size=size,
-                resize=resize,
-                split=split,
-                seed=seed,
-                classes=classes,
-                label_map=label_map,
-                strict=strict,
-                workers=workers,
-                name=name,
-            ),
-        )
-        parsed = _parse_sources(sources, root)
-        if len(parsed) > 1:
-            per_adapter = {a: opts.get(a, {}) for a, _ in parsed}
-            stray = [k for k in opts if k not in per_adapter]
-            if stray:
-                raise OptionsError(
-                    f"--opt {stray[0]}=...: with several sources, prefix options with the adapter, "
-                    f"e.g. --opt {parsed[0][0]}.{stray[0]}=..."
-                )
-        else:
-            per_adapter = {parsed[0][0]: opts}
-        built = []
-        for adapter_name, path in parsed:
-            cls, options = plugin_options(
-                ctx.registry, "dataset", adapter_name, cfg, per_adapter[adapter_name]
-            )
-            built.append(Source(cls(options), path))
-        classes_v = values["classes"]
-        settings = PrepareSettings(
-            name=values["name"] or "-".join(a for a, _ in parsed),
-            size=int(values["size"]),
-            resize=values["resize"],
-            ratios=parse_ratios(values["split"]),
-            seed=int(values["seed"]),
-            classes=tuple(
-                split_list(classes_v if isinstance(classes_v, list) else [classes_v]) if classes_v else []
-            ),
-            label_map=_parse_map(values["label_map"])
-            if not isinstance(values["label_map"], dict)
-            else values["label_map"],
-            strict=bool(values["strict"]),
-            workers=int(values["workers"]),
-            force=force,
-        )
-        settings.validate()
+        command = command_settings(typer_ctx, PrepareCommand, cfg).settings
+        parsed = parse_sources(sources, root)
+        built = build_sources(ctx.registry, parsed, cfg, opts)
+        settings = command.prepare_settings("-".join(a for a, _ in parsed))
         ws = workspace_from(workspace)
-        resolved = {
-            "workspace": str(ws.root),
-            "dataset": str(ws.dataset_dir(settings.name)),
-            "settings": to_jsonable(settings.__dict__),
-            "sources": [
-                {"adapter": s.adapter.name, "root": s.root, "options": s.adapter.options} for s in built
-            ],
-        }
         if dry_run:
-            print_json(to_jsonable(resolved))
+            print_json(to_jsonable(_plan(ws, settings, built)))
             return
-        result = prepare_dataset(ws, built, settings)
-        ds, report = result.dataset, result.report
-        if ds.synthetic:
-            console.print("[yellow]Synthetic demo images (phantoms), not real chest X-rays.[/]")
-        console.print(
-            f"prepared {ds.name}: {len(ds.rows)} images in {ds.path}",
-            highlight=False,
-            soft_wrap=True,
-        )
-        console.print(counts_table(ds.name, ds.counts()))
-        console.print(
-            f"patients: {report['patients']}  exact duplicate copies: "
-            f"{report['exact_duplicates']}  near-duplicate pairs: "
-            f"{len(report['near_duplicate_pairs'])}  skipped: {len(report['skipped'])}  "
-            f"dropped: {len(report['dropped'])}"
-        )
-        for note in report["notes"]:
-            console.print(f"[dim]note:[/] {escape(note)}", highlight=False)
-        if report["skipped"]:
-            console.print(f"[yellow]{len(report['skipped'])} unreadable file(s) skipped[/]")
-            for s in report["skipped"][:5]:
-                console.print(escape(f"  {s['original']}: {s['reason']}"), highlight=False)
-        console.print(f"report: {ds.path / 'prepare-report.md'}")
+        _summary(prepare_dataset(ws, built, settings))
 
     @data.command("list")
     @handle_errors
@@ -278,32 +187,31 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
         console.print(f"sample grid (rows: {', '.join(ds.classes)}): {grid_path}")
 
 
-def _parse_sources(sources: list[str], root: Path | None) -> list[tuple[str, Path | None]]:
-    parsed: list[tuple[str, Path | None]] = []
-    for item in sources:
-        name, sep, path = item.partition("=")
-        parsed.append((name.strip(), Path(path).expanduser() if sep else None))
-    if root is not None:
-        if len(parsed) != 1 or parsed[0][1] is not None:
-            raise OptionsError(
-                "--root goes with a single ADAPTER; for several sources write ADAPTER=PATH each"
-            )
-        parsed = [(parsed[0][0], root.expanduser())]
-    names = [n for n, _ in parsed]
-    if len(set(names)) != len(names):
-        raise OptionsError("each adapter may appear once per dataset")
-    return parsed
+def _plan(ws: Workspace, settings: PrepareSettings, built: list[Source]) -> dict[str, Any]:
+    return {
+        "workspace": str(ws.root),
+        "dataset": str(ws.dataset_dir(settings.name)),
+        "settings": to_jsonable(settings.__dict__),
+        "sources": [{"adapter": s.adapter.name, "root": s.root, "options": s.adapter.options} for s in built],
+    }
 
 
-def _adapters_epilog(ctx: AppContext) -> str:
-    """Adapters and their options, for `data prepare --help`."""
-    try:
-        registry = ctx.registry
-    except Exception:  # pragma: no cover - help must render even if a plugin is broken
-        return ""
-    lines = ["Adapters and their --opt keys:\n\n"]
-    for adapter in registry.names("dataset"):
-        cls = registry.get("dataset", adapter)
-        keys = ", ".join(f"{k}={d}" for k, d, _ in options_table(cls.Options)) or "no options"
-        lines.append(f"[bold]{adapter}[/]: {escape(cls.description)} ({escape(keys)})\n\n")
-    return "".join(lines)
+def _summary(result: PrepareResult) -> None:
+    ds, report = result.dataset, result.report
+    if ds.synthetic:
+        console.print("[yellow]Synthetic demo images (phantoms), not real chest X-rays.[/]")
+    console.print(f"prepared {ds.name}: {len(ds.rows)} images in {ds.path}", highlight=False, soft_wrap=True)
+    console.print(counts_table(ds.name, ds.counts()))
+    console.print(
+        f"patients: {report['patients']}  exact duplicate copies: "
+        f"{report['exact_duplicates']}  near-duplicate pairs: "
+        f"{len(report['near_duplicate_pairs'])}  skipped: {len(report['skipped'])}  "
+        f"dropped: {len(report['dropped'])}"
+    )
+    for note in report["notes"]:
+        console.print(f"[dim]note:[/] {escape(note)}", highlight=False)
+    if report["skipped"]:
+        console.print(f"[yellow]{len(report['skipped'])} unreadable file(s) skipped[/]")
+        for s in report["skipped"][:5]:
+            console.print(escape(f"  {s['original']}: {s['reason']}"), highlight=False)
+    console.print(f"report: {ds.path / 'prepare-report.md'}")

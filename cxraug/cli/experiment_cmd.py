@@ -2,51 +2,39 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
+from rich.markup import escape
 
 from cxraug.cli.common import (
     AppContext,
+    DeviceOpt,
     DryRunOpt,
     OptOpt,
     WorkspaceOpt,
+    given_flags,
     handle_errors,
     load_config_and_opts,
-    print_json,
-    split_list,
+    report,
     workspace_from,
 )
-from cxraug.data.resolve import open_dataset
 from cxraug.errors import OptionsError
-from cxraug.experiment.report import write_experiment_report
-from cxraug.experiment.runner import ARMS, STATE, Experiment, ExperimentConfig, timestamp
+from cxraug.experiment.report import summary_table
+from cxraug.experiment.runner import ARMS, STATE, ExperimentJob, ExperimentRun, ExperimentSettings
 from cxraug.metrics.features import WEIGHTS_ENV
-from cxraug.options import to_jsonable
+from cxraug.settings import build_settings
+from cxraug.training.lifecycle import execute
 from cxraug.ui import console
-
-#: --quick: the README's first "see it work" command, minutes on a laptop CPU on the demo data.
-QUICK = {
-    "gan": "acgan",
-    "classifier": "cnn",
-    "seeds": 2,
-    "epochs": 4,
-    "batch_size": 32,
-    "gan_kimg": 1.5,
-    "gan_options": {"latent_dim": 64, "ngf": 32, "ndf": 32},
-    "classifier_options": {"input_size": 64, "width": 16},
-    "n_boot": 200,
-}
 
 
 def add_commands(app: typer.Typer, ctx: AppContext) -> None:
     @app.command("experiment")
     @handle_errors
     def experiment(
+        typer_ctx: typer.Context,
         data: Annotated[
             str | None, typer.Option("--data", help="Dataset (default: latest, or the demo).")
         ] = None,
@@ -85,7 +73,7 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
             bool, typer.Option("--quick", help="Tiny budgets: minutes on a laptop CPU (demo data).")
         ] = False,
         seed: Annotated[int, typer.Option("--seed", help="Base seed.")] = 0,
-        device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")] = "auto",
+        device: DeviceOpt = "auto",
         inception_weights: Annotated[
             Path | None,
             typer.Option(
@@ -108,85 +96,16 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
         stray = [k for k in opts if k not in ("gan", "classifier")]
         if stray:
             raise OptionsError(f"--opt {stray[0]}...: prefix with gan. or classifier., e.g. --opt gan.ngf=32")
-        ws = workspace_from(workspace)
-        registry = ctx.registry
-        arm_list = split_list(arms)
-        bad = [a for a in arm_list if a not in ARMS]
-        if bad or not arm_list:
-            raise OptionsError(f"--arms {arms!r}: choose from {', '.join(ARMS)}")
-        out_dir = out
-        if resume:
-            if out_dir is None:
-                found = sorted(
-                    (
-                        p.parent
-                        for p in ws.reports_dir.glob(f"experiment-*/{STATE}")
-                        if json.loads(p.read_text()).get("status") != "finished"
-                    ),
-                    key=lambda p: p.name,
-                )
-                if not found:
-                    raise OptionsError(f"--resume: no unfinished experiment under {ws.reports_dir}")
-                out_dir = found[-1]
-            if not (out_dir / STATE).is_file():
-                raise OptionsError(f"--resume: {out_dir} holds no {STATE}")
-            try:
-                config = ExperimentConfig(**json.loads((out_dir / STATE).read_text())["config"])
-            except (TypeError, KeyError, json.JSONDecodeError) as exc:
-                raise OptionsError(
-                    f"{out_dir / STATE}: not an experiment of this cxraug version ({exc})"
-                ) from None
-        else:
-            q = QUICK if quick else {}
-            dataset = open_dataset(ws, registry, data)
-            gan_name = gan or q.get("gan", "stylegan2")
-            cls_name = classifier or q.get("classifier", "densenet121")
-            clf_cls = registry.get("classifier", cls_name)
-            n_train = len(dataset.indices("train"))
-            config = ExperimentConfig(
-                data=dataset.name,
-                gan=gan_name,
-                classifier=cls_name,
-                arms=arm_list,
-                seeds=seeds or q.get("seeds", 5),
-                synthetic=n_train if synthetic is None else synthetic,
-                classic=n_train if classic is None else classic,
-                epochs=epochs or q.get("epochs", 10),
-                batch_size=q.get("batch_size", 32),
-                gan_kimg=gan_kimg or q.get("gan_kimg"),
-                gan_options={**q.get("gan_options", {}), **opts.get("gan", {})}
-                if gan_name == q.get("gan")
-                else dict(opts.get("gan", {})),
-                classifier_options={**q.get("classifier_options", {}), **opts.get("classifier", {})}
-                if cls_name == q.get("classifier")
-                else dict(opts.get("classifier", {})),
-                pretrained=pretrained and clf_cls.pretrained_by_default,
-                n_boot=q.get("n_boot", 1000),
-                seed=seed,
-                device=device,
-                inception_weights=str(inception_weights) if inception_weights else None,
-                quick=quick,
+        flags = given_flags(typer_ctx, ExperimentSettings)
+        flags.update({f"{k}_options": v for k, v in opts.items()})
+        built = build_settings(ExperimentSettings, flags=flags)
+        target = str(out) if out is not None and ExperimentRun.is_run(out) else ("auto" if resume else None)
+        job = ExperimentJob(workspace_from(workspace), ctx.registry)
+        outcome = execute(job, built, resume=target, dry_run=dry_run, argv=sys.argv[1:])
+        report(job, outcome)
+        if outcome.report and outcome.run is not None and outcome.plan is None and not outcome.note:
+            console.print(summary_table(outcome.run.state()["results"], outcome.run.name))
+            html, md = outcome.run.path / "report.html", outcome.run.path / "report.md"
+            console.print(
+                escape(f"report: {html} ({md}); results: {outcome.run.path / STATE}"), soft_wrap=True
             )
-            if not (Path(config.gan).is_dir() or (ws.runs_dir / "gan" / config.gan).is_dir()):
-                registry.get("gan", config.gan)
-            out_dir = out_dir or ws.reports_dir / f"experiment-{timestamp()}"
-        if dry_run:
-            print_json(to_jsonable({"out": str(out_dir), "config": asdict(config)}))
-            return
-        exp = Experiment(ws, registry, out_dir, config)
-        results = exp.run()
-        md, html_path = write_experiment_report(exp.state, out_dir)
-        table = Table(title=f"experiment {out_dir.name}: macro ROC-AUC on the real test split")
-        for col in ("arm", "mean", "95% CI (seeds)", "vs base", "p"):
-            table.add_column(col)
-        for arm, s in results["arms"].items():
-            d = results["vs_base"].get(arm, {}).get("macro_auc_diff")
-            table.add_row(
-                arm,
-                f"{s['auc_macro']['mean']:.4f}",
-                f"[{s['auc_macro']['ci_low']:.4f}, {s['auc_macro']['ci_high']:.4f}]",
-                f"{d['diff']:+.4f}" if d else "",
-                f"{d['p']:.3f}" if d else "",
-            )
-        console.print(table)
-        console.print(f"report: {html_path} ({md}); results: {out_dir / STATE}", soft_wrap=True)

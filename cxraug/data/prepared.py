@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from collections import Counter
 from pathlib import Path
@@ -144,6 +145,18 @@ class PreparedDataset:
         """Class index (into ``classes``) of each row."""
         rows = self.rows if idx is None else [self.rows[i] for i in idx]
         return np.array([self._class_index[r["label"]] for r in rows], dtype=np.int64)
+
+    def fingerprint(self, splits: list[str], labels: list[str]) -> tuple[str, int]:
+        """sha256 over the manifest rows of ``splits`` x ``labels`` (id, split, label, content hash)
+        and the image size, and the number of those rows: equal fingerprints, equal training data."""
+        digest = hashlib.sha256(f"size={self.size};resize={self.info.get('resize')}\n".encode())
+        n = 0
+        for row in sorted(
+            (r for r in self.rows if r["split"] in splits and r["label"] in labels), key=lambda r: r["id"]
+        ):
+            digest.update(f"{row['id']}\t{row['split']}\t{row['label']}\t{row['sha256']}\n".encode())
+            n += 1
+        return digest.hexdigest(), n
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Images per split and label."""

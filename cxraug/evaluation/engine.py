@@ -23,8 +23,9 @@ from cxraug.interfaces import MetricInputs, PluginOptions
 from cxraug.metrics.features import FeatureCache, FeatureService
 from cxraug.options import to_jsonable
 from cxraug.registry import Registry
-from cxraug.training.generate import generate_images, generators_for, read_generated_manifest
-from cxraug.training.runs import read_options
+from cxraug.training.classifier_run import load_classifier
+from cxraug.training.gan_run import GanRun
+from cxraug.training.generate import generate_images, read_generated_manifest
 from cxraug.ui import console
 from cxraug.workspace import Workspace
 
@@ -97,7 +98,7 @@ def _gan_counts(dataset: PreparedDataset, split: str, labels: list[str], n: int 
 def generated_from_run(req: EvalRequest, registry: Registry) -> tuple[np.ndarray, list[str | None]]:
     """Generate (or reuse) images from the GAN run into out_dir/generated and read them back."""
     assert req.gan_run is not None
-    gens = generators_for(req.gan_run, None, registry, torch.device(req.device))
+    gens = GanRun(req.gan_run).load_generators(registry, torch.device(req.device))
     labels = [lb for lb in req.dataset.classes if lb in gens]
     if not labels:
         if list(gens) == ["all"]:
@@ -167,8 +168,6 @@ def run_evaluation(
                 "--roc needs a classifier run: train one first (`cxraug train-classifier ARCH`) "
                 "or pass --classifier RUN"
             )
-        from cxraug.training.classifier_trainer import load_classifier, predict_proba
-
         loaded = load_classifier(req.classifier_run, registry, req.device)
         unknown = sorted({ds.rows[i]["label"] for i in ds.indices(req.split)} - set(loaded.labels))
         idx = ds.indices(req.split, loaded.labels)
@@ -183,7 +182,7 @@ def run_evaluation(
             )
         lookup = {lb: i for i, lb in enumerate(loaded.labels)}
         inputs.y_true = np.array([lookup[ds.rows[i]["label"]] for i in idx])
-        inputs.y_score = predict_proba(loaded, np.asarray(ds.images[idx]))
+        inputs.y_score = loaded.predict_proba(np.asarray(ds.images[idx]))
         inputs.labels = list(loaded.labels)
         sources["classifier_run"] = str(req.classifier_run)
         sources["classifier"] = loaded.arch
@@ -264,10 +263,10 @@ def grids(inputs: MetricInputs, ds: PreparedDataset, out_dir: Path, per_label: i
 
 def copy_loss_curves(gan_run: Path, out_dir: Path) -> dict[str, str]:
     """The GAN run's loss plots, copied next to the report."""
-    options = read_options(gan_run)
+    run = GanRun(gan_run)
     out = {}
-    for unit in options.get("units", []):
-        src = (gan_run if unit == "all" else gan_run / unit) / "losses.png"
+    for unit in run.record.units:
+        src = run.unit_folder(unit) / "losses.png"
         if src.is_file():
             dst = out_dir / f"gan_losses_{unit}.png"
             shutil.copyfile(src, dst)

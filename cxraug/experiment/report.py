@@ -158,3 +158,22 @@ def write_experiment_report(state: dict[str, Any], out_dir: Path) -> tuple[Path,
         "![ROC curves per arm](roc_per_arm.png)",
     ]
     return write_pair("\n".join(lines) + "\n", out_dir, "cxraug experiment")
+
+
+def summary_table(results: dict[str, Any], name: str) -> Any:
+    """The terminal summary: macro ROC-AUC per arm and its difference against base."""
+    from rich.table import Table
+
+    table = Table(title=f"experiment {name}: macro ROC-AUC on the real test split")
+    for col in ("arm", "mean", "95% CI (seeds)", "vs base", "p"):
+        table.add_column(col)
+    for arm, s in results["arms"].items():
+        d = results["vs_base"].get(arm, {}).get("macro_auc_diff")
+        table.add_row(
+            arm,
+            f"{s['auc_macro']['mean']:.4f}",
+            f"[{s['auc_macro']['ci_low']:.4f}, {s['auc_macro']['ci_high']:.4f}]",
+            f"{d['diff']:+.4f}" if d else "",
+            f"{d['p']:.3f}" if d else "",
+        )
+    return table

@@ -4,88 +4,212 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import numpy as np
+import torch
+from pydantic import Field, field_validator
 
 from cxraug import __version__
 from cxraug.data.augment import AugmentStep, augment_dataset, balanced_counts
 from cxraug.data.prepared import PreparedDataset
+from cxraug.data.resolve import open_dataset
+from cxraug.devices import pick_device
 from cxraug.errors import CxrError, DataError, OptionsError
 from cxraug.experiment import stats
+from cxraug.interfaces import AugmentServices, DistContext
 from cxraug.metrics.classification import evaluate_classifier
-from cxraug.options import resolve_options
 from cxraug.registry import Registry
-from cxraug.training.classifier_trainer import (
-    ClassifierTrainConfig,
-    ClassifierTrainer,
-    load_classifier,
-    predict_proba,
-)
-from cxraug.training.gan_trainer import GANTrainConfig, GANTrainer, gan_units, pick_device
-from cxraug.training.runs import finish_run, gan_labels, now_iso, start_run, write_json_atomic
+from cxraug.settings import NameList, Settings
+from cxraug.training.classifier_run import ClassifierRun, ClassifierSettings
+from cxraug.training.classifier_trainer import ClassifierJob
+from cxraug.training.gan_run import MAX_SEED, GanRun, GanSettings
+from cxraug.training.gan_trainer import GanJob
+from cxraug.training.lifecycle import Job, run_job
+from cxraug.training.runs import DataRef, Run, RunRecord, RunStatus, base_record, now_iso, write_json_atomic
 from cxraug.ui import console
 from cxraug.workspace import Workspace
 
 ARMS = ("base", "classic", "gan", "classic+gan")
 STATE = "experiment.json"
 
+#: --quick: the README's first "see it work" command, minutes on a laptop CPU on the demo data.
+QUICK: dict[str, Any] = {
+    "gan": "acgan",
+    "classifier": "cnn",
+    "seeds": 2,
+    "epochs": 4,
+    "batch_size": 32,
+    "gan_kimg": 1.5,
+    "gan_options": {"latent_dim": 64, "ngf": 32, "ndf": 32},
+    "classifier_options": {"input_size": 64, "width": 16},
+    "n_boot": 200,
+}
+FULL: dict[str, Any] = {
+    "gan": "stylegan2",
+    "classifier": "densenet121",
+    "seeds": 5,
+    "epochs": 10,
+    "n_boot": 1000,
+}
 
-@dataclass
-class ExperimentConfig:
-    """The resolved study (recorded in experiment.json; a resume must ask for the same study)."""
 
-    data: str
-    gan: str  # architecture to train, or an existing GAN run
-    classifier: str
-    arms: list[str]
-    seeds: int = 5
-    synthetic: int = 0
-    classic: int = 0
-    epochs: int = 10
-    batch_size: int = 32
-    gan_kimg: float | None = None
-    gan_options: dict[str, Any] = field(default_factory=dict)
-    classifier_options: dict[str, Any] = field(default_factory=dict)
-    pretrained: bool = False
-    n_boot: int = 1000
-    seed: int = 0
-    device: str = "auto"
+class ExperimentSettings(Settings):
+    """``cxraug experiment``: the study (recorded; a resume must ask for the same study)."""
+
+    section: ClassVar[str] = "experiment"
+    resumable: ClassVar[frozenset[str]] = frozenset({"device", "inception_weights"})
+
+    data: str | None = None
+    gan: str | None = None  # architecture to train, or an existing GAN run
+    classifier: str | None = None
+    arms: NameList = list(ARMS)
+    seeds: int | None = Field(None, ge=1, le=1000)
+    synthetic: int | None = Field(None, ge=0)
+    classic: int | None = Field(None, ge=0)
+    epochs: int | None = Field(None, ge=1, le=100_000)
+    batch_size: int = Field(32, ge=1, le=1 << 16)
+    gan_kimg: float | None = Field(None, gt=0, allow_inf_nan=False)
+    gan_options: dict[str, Any] = {}
+    classifier_options: dict[str, Any] = {}
+    pretrained: bool = True
+    n_boot: int | None = Field(None, ge=10, le=1_000_000)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     inception_weights: str | None = None
     quick: bool = False
+    #: Augmenters the classic and GAN arms use (any installed ones with the same capabilities).
+    classic_augmenter: str = "classic"
+    synthetic_augmenter: str = "synthetic"
+    out: str | None = None
+
+    @field_validator("arms")
+    @classmethod
+    def _arms(cls, value: list[str]) -> list[str]:
+        bad = [a for a in value if a not in ARMS]
+        if bad or not value:
+            raise ValueError(f"choose from {', '.join(ARMS)}")
+        return value
+
+
+class ExperimentRecord(RunRecord[ExperimentSettings]):
+    """``options.json`` of an experiment folder (its stages and results are in experiment.json)."""
+
+
+class ExperimentRun(Run[ExperimentRecord]):
+    """A ``reports/experiment-TIME`` folder (or ``--out``)."""
+
+    kind: ClassVar[str] = "experiment"
+    Record: ClassVar[type[RunRecord[Any]]] = ExperimentRecord
+    make_hint: ClassVar[str] = "cxraug experiment"
+
+    @classmethod
+    def home(cls, workspace: Workspace) -> Path:
+        return workspace.reports_dir
+
+    @property
+    def settings(self) -> ExperimentSettings:
+        return self.record.config
+
+    def has_progress(self) -> bool:
+        return (self.path / STATE).is_file()
+
+    def state(self) -> dict[str, Any]:
+        path = self.path / STATE
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+class ExperimentJob(Job[ExperimentSettings, ExperimentRun]):
+    """The study for the run lifecycle: one resume policy, lock and status, like every run."""
+
+    run_type: ClassVar[type[ExperimentRun]] = ExperimentRun
+
+    def resolve(self, settings: ExperimentSettings) -> ExperimentSettings:
+        preset = QUICK if settings.quick else FULL
+        dataset = open_dataset(self.ws, self.registry, settings.data)
+        gan = settings.gan or preset["gan"]
+        clf = settings.classifier or preset["classifier"]
+        clf_cls = self.registry.classifier(clf)
+        if not (Path(gan).is_dir() or (GanRun.home(self.ws) / gan).is_dir()):
+            self.registry.gan(gan)  # an unknown architecture fails before anything runs
+        n_train = len(dataset.indices("train"))
+        update = {
+            "data": dataset.name,
+            "gan": gan,
+            "classifier": clf,
+            "seeds": settings.seeds or preset["seeds"],
+            "epochs": settings.epochs or preset["epochs"],
+            "synthetic": n_train if settings.synthetic is None else settings.synthetic,
+            "classic": n_train if settings.classic is None else settings.classic,
+            "batch_size": preset.get("batch_size", settings.batch_size),
+            "gan_kimg": settings.gan_kimg or preset.get("gan_kimg"),
+            "gan_options": {
+                **(preset.get("gan_options", {}) if gan == preset["gan"] else {}),
+                **settings.gan_options,
+            },
+            "classifier_options": {
+                **(preset.get("classifier_options", {}) if clf == preset["classifier"] else {}),
+                **settings.classifier_options,
+            },
+            "pretrained": settings.pretrained and clf_cls.pretrained_by_default,
+            "n_boot": settings.n_boot or preset["n_boot"],
+        }
+        return ExperimentSettings.model_validate({**settings.model_dump(), **update})
+
+    def data(self, settings: ExperimentSettings) -> DataRef:
+        ds = open_dataset(self.ws, self.registry, settings.data)
+        return DataRef.of(ds, ["train", "val", "test"], list(ds.classes))
+
+    def record(self, settings: ExperimentSettings) -> tuple[str, ExperimentRecord]:
+        return "experiment", ExperimentRecord(**base_record("experiment", "", settings, self.data(settings)))
+
+    def create(self, settings: ExperimentSettings) -> ExperimentRun:
+        _, record = self.record(settings)
+        if settings.out:
+            return ExperimentRun.create_at(Path(settings.out), record)
+        path = self.ws.reports_dir / f"experiment-{timestamp()}"
+        return ExperimentRun.create_at(path, record)
+
+    def plan(self, settings: ExperimentSettings, run: ExperimentRun | None) -> dict[str, Any]:
+        out = run.path if run else (settings.out or self.ws.reports_dir / "experiment-TIME")
+        return {"out": str(out), "config": settings.model_dump(mode="json")}
+
+    def train(
+        self, run: ExperimentRun, settings: ExperimentSettings, dist: DistContext, device: torch.device
+    ) -> dict[str, Any]:
+        from cxraug.experiment.report import write_experiment_report
+
+        exp = Experiment(self.ws, self.registry, run.path, settings)
+        exp.run()
+        write_experiment_report(exp.state, run.path)
+        return {}
 
 
 class Experiment:
     """One study folder: experiment.json (state and results), datasets per arm, runs, report."""
 
     def __init__(
-        self, workspace: Workspace, registry: Registry, out_dir: Path, config: ExperimentConfig
+        self, workspace: Workspace, registry: Registry, out_dir: Path, config: ExperimentSettings
     ) -> None:
         self.ws, self.registry, self.out_dir, self.config = workspace, registry, out_dir, config
         self.state_path = out_dir / STATE
         if self.state_path.is_file():
             self.state = json.loads(self.state_path.read_text())
-            if self.state.get("config") != _plain(asdict(config)):
-                saved = self.state.get("config") or {}
-                changed = [k for k, v in _plain(asdict(config)).items() if saved.get(k) != v]
-                raise OptionsError(
-                    f"{out_dir} holds an experiment with other settings ({', '.join(changed)}); resume it "
-                    "with the same options, or choose another --out"
-                )
+            self.state["config"] = config.model_dump(mode="json")
         else:
             out_dir.mkdir(parents=True, exist_ok=True)
             self.state = {
                 "created": now_iso(),
                 "cxraug_version": __version__,
-                "config": _plain(asdict(config)),
+                "config": config.model_dump(mode="json"),
                 "gan_run": None,
                 "datasets": {},
                 "runs": {},
                 "status": "running",
             }
             self.save()
+        self.device = str(pick_device(config.device))
 
     def save(self) -> None:
         write_json_atomic(self.state_path, self.state)
@@ -98,12 +222,12 @@ class Experiment:
 
     def run(self) -> dict[str, Any]:
         cfg = self.config
-        source = PreparedDataset(self.ws.dataset_dir(cfg.data))
+        source = PreparedDataset(self.ws.dataset_dir(str(cfg.data)))
         if any("gan" in arm for arm in cfg.arms):
             self.gan_stage(source)
         datasets = {arm: self.arm_dataset(arm, source) for arm in cfg.arms}
         for arm in cfg.arms:
-            for s in range(cfg.seeds):
+            for s in range(int(cfg.seeds or 0)):
                 self.classifier_stage(arm, s, datasets[arm])
         results = self.analyse(source)
         self.state.update(results=results, status="finished", finished=now_iso())
@@ -114,46 +238,36 @@ class Experiment:
         cfg = self.config
         if self.state.get("gan_run") and self.state.get("gan_finished"):
             return Path(self.state["gan_run"])
-        existing = self.ws.runs_dir / "gan" / cfg.gan
-        if Path(cfg.gan).is_dir() or existing.is_dir():
-            run = Path(cfg.gan) if Path(cfg.gan).is_dir() else existing
-            self.state.update(gan_run=str(run), gan_finished=True)
+        gan = str(cfg.gan)
+        if Path(gan).is_dir() or (GanRun.home(self.ws) / gan).is_dir():
+            run = GanRun.resolve(self.ws, gan)
+            self.state.update(gan_run=str(run.path), gan_finished=True)
             self.save()
-            return run
-        cls = self.registry.get("gan", cfg.gan)
-        options = resolve_options(cls.Options, plugin=f"gan {cfg.gan}", opts=cfg.gan_options)
-        config = GANTrainConfig(
-            arch=cfg.gan,
-            data=source.name,
-            classes=list(source.classes),
-            size=source.size,
-            batch_size=cfg.batch_size,
-            kimg=cfg.gan_kimg or cls.default_kimg,
-            seed=cfg.seed,
-            device=cfg.device,
-            options=options.model_dump(mode="json"),
-        )
-        if self.state.get("gan_run"):
-            run = Path(self.state["gan_run"])
-        else:
-            run = start_run(
-                self.ws,
-                "gan",
-                cfg.gan,
-                asdict(config),
-                source,
-                conditional=cls.conditional,
-                units=gan_units(cls, config),
-                experiment=str(self.out_dir),
+            return run.path
+        job = GanJob(self.ws, self.registry)
+        settings = job.resolve(
+            GanSettings(
+                arch=gan,
+                data=source.name,
+                size=source.size,
+                batch_size=cfg.batch_size,
+                kimg=cfg.gan_kimg,
+                seed=cfg.seed,
+                device=cfg.device,
+                options=dict(cfg.gan_options),
             )
-            self.state["gan_run"] = str(run)
+        )
+        existing = GanRun(self.state["gan_run"]) if self.state.get("gan_run") else None
+        if existing is None:
+            existing = job.create(settings)
+            existing.mark(RunStatus.RUNNING, experiment=str(self.out_dir))
+            self.state["gan_run"] = str(existing.path)
             self.save()
-        console.print(f"[bold]experiment: training the {cfg.gan} GAN[/] ({run})", soft_wrap=True)
-        GANTrainer(cls, options, config, source, run, device=pick_device(cfg.device)).train()
-        finish_run(run)
+        console.print(f"[bold]experiment: training the {gan} GAN[/] ({existing.path})", soft_wrap=True)
+        run_job(job, existing.settings, existing)
         self.state["gan_finished"] = True
         self.save()
-        return run
+        return existing.path
 
     def arm_dataset(self, arm: str, source: PreparedDataset) -> PreparedDataset:
         cfg = self.config
@@ -164,35 +278,33 @@ class Experiment:
             return PreparedDataset(self.ws.dataset_dir(name))
         train_counts = {lb: len(source.indices("train", [lb])) for lb in source.classes}
         steps = []
+        gan_run = GanRun(self.state["gan_run"]) if "gan" in arm else None
         if "classic" in arm:
-            cls = self.registry.get("augmenter", "classic")
-            counts = balanced_counts(train_counts, cfg.classic, list(source.classes))
+            cls = self.registry.augmenter(cfg.classic_augmenter)
+            counts = balanced_counts(train_counts, int(cfg.classic or 0), list(source.classes))
             steps.append(AugmentStep(cls(cls.Options()), counts))
             train_counts = {lb: train_counts[lb] + counts[lb] for lb in train_counts}
-        if "gan" in arm:
-            cls = self.registry.get("augmenter", "synthetic")
-            run = Path(self.state["gan_run"])
-            generated = gan_labels(run)
-            labels = [lb for lb in source.classes if lb in generated]
+        if gan_run is not None:
+            cls = self.registry.augmenter(cfg.synthetic_augmenter)
+            if not cls.uses_gan_run:
+                raise OptionsError(f"augmenter {cfg.synthetic_augmenter!r} does not take a GAN run")
+            labels = [lb for lb in source.classes if lb in gan_run.labels]
             if not labels:
                 raise DataError(
-                    f"GAN run {run} generates none of the dataset's labels; the gan arm needs a "
+                    f"GAN run {gan_run.path} generates none of the dataset's labels; the gan arm needs a "
                     "conditional or per-class GAN"
                 )
-            steps.append(
-                AugmentStep(
-                    cls(cls.Options(run=str(run))), balanced_counts(train_counts, cfg.synthetic, labels)
-                )
-            )
+            counts = balanced_counts(train_counts, int(cfg.synthetic or 0), labels)
+            steps.append(AugmentStep(cls(cls.Options()), counts))
         console.print(f"[bold]experiment: building the {arm} training set[/]")
+        services = AugmentServices(
+            workspace=self.ws,
+            registry=self.registry,
+            device=self.device,
+            gan_run=gan_run.path if gan_run else None,
+        )
         dataset = augment_dataset(
-            self.ws,
-            source,
-            steps,
-            name=name,
-            seed=cfg.seed,
-            force=True,
-            context={"workspace": self.ws, "registry": self.registry, "device": str(pick_device(cfg.device))},
+            self.ws, source, steps, name=name, seed=cfg.seed, force=True, services=services
         )
         self.state["datasets"][arm] = name
         self.save()
@@ -204,49 +316,47 @@ class Experiment:
         entry = self.state["runs"].get(key)
         if entry and entry.get("status") == "finished":
             return
-        cls = self.registry.get("classifier", cfg.classifier)
-        options = resolve_options(
-            cls.Options, plugin=f"classifier {cfg.classifier}", opts=cfg.classifier_options
-        )
-        config = ClassifierTrainConfig(
-            arch=cfg.classifier,
-            data=dataset.name,
-            classes=list(dataset.classes),
-            epochs=cfg.epochs,
-            batch_size=cfg.batch_size,
-            seed=cfg.seed + seed,
-            device=cfg.device,
-            pretrained=cfg.pretrained,
-            options=options.model_dump(mode="json"),
+        job = ClassifierJob(self.ws, self.registry)
+        settings = job.resolve(
+            ClassifierSettings(
+                arch=cfg.classifier,
+                data=dataset.name,
+                classes=list(dataset.classes),
+                epochs=int(cfg.epochs or 1),
+                batch_size=cfg.batch_size,
+                seed=cfg.seed + seed,
+                device=cfg.device,
+                pretrained=cfg.pretrained,
+                options=dict(cfg.classifier_options),
+            )
         )
         if entry is None:
-            run = start_run(
-                self.ws, "classifier", cfg.classifier, asdict(config), dataset, experiment=str(self.out_dir)
-            )
-            entry = {"run": str(run), "status": "running"}
+            created = job.create(settings)
+            created.mark(RunStatus.RUNNING, experiment=str(self.out_dir))
+            entry = {"run": str(created.path), "status": "running"}
             self.state["runs"][key] = entry
             self.save()
-        run = Path(entry["run"])
+        run = ClassifierRun(entry["run"])
         console.print(f"[bold]experiment: {arm}, seed {seed}[/] ({cfg.classifier} -> {run.name})")
-        best = ClassifierTrainer(cls, options, config, dataset, run, device=pick_device(cfg.device)).train()
-        finish_run(run, best=best)
-        loaded = load_classifier(run, self.registry, pick_device(cfg.device))
-        source = PreparedDataset(self.ws.dataset_dir(cfg.data))
+        outcome = run_job(job, settings, run)
+        loaded = run.load(self.registry, self.device)
+        source = PreparedDataset(self.ws.dataset_dir(str(cfg.data)))
         idx = source.indices("test", loaded.labels)
         np.savez_compressed(
             self.out_dir / f"pred-{arm.replace('+', '-')}-{seed}.npz",
-            y_score=predict_proba(loaded, np.asarray(source.images[idx])),
+            y_score=loaded.predict_proba(np.asarray(source.images[idx])),
             y_true=source.targets(idx),
             ids=np.array([source.rows[i]["id"] for i in idx]),
         )
-        entry.update(status="finished", best=best)
+        best = outcome.result.get("best")
+        entry.update(status="finished", best=best.model_dump() if best is not None else None)
         self.save()
 
     # ------------------------------------------------------------------ analysis
 
     def predictions(self, arm: str) -> tuple[np.ndarray, list[np.ndarray]]:
         scores, y = [], None
-        for s in range(self.config.seeds):
+        for s in range(int(self.config.seeds or 0)):
             data = np.load(self.out_dir / f"pred-{arm.replace('+', '-')}-{s}.npz")
             y = data["y_true"]
             scores.append(data["y_score"])
@@ -301,7 +411,7 @@ class Experiment:
 
         metrics = {}
         for name in ("fid", "kid"):
-            cls = self.registry.get("metric", name)
+            cls = self.registry.metric(name)
             metrics[name] = cls.Options()
         req = EvalRequest(
             metrics=metrics,
@@ -309,7 +419,7 @@ class Experiment:
             out_dir=self.out_dir / "gan-quality",
             gan_run=Path(self.state["gan_run"]),
             seed=self.config.seed,
-            device=str(pick_device(self.config.device)),
+            device=self.device,
             inception_weights=Path(self.config.inception_weights) if self.config.inception_weights else None,
         )
         try:
@@ -330,10 +440,6 @@ class Experiment:
 def _ci_dict(values: list[float]) -> dict[str, float]:
     mean, lo, hi = stats.mean_ci(values, bounds=(0.0, 1.0))
     return {"mean": mean, "ci_low": lo, "ci_high": hi, "values": values}
-
-
-def _plain(data: Any) -> Any:
-    return json.loads(json.dumps(data, default=str))
 
 
 def timestamp() -> str:

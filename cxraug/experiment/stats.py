@@ -7,7 +7,7 @@ import math
 import numpy as np
 from scipy import stats
 
-from cxraug.metrics.classification import auc_per_label, delong_test
+from cxraug.metrics.classification import delong_test, macro_auc
 
 
 def mean_ci(
@@ -29,12 +29,6 @@ def mean_ci(
     if bounds is not None:
         lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
     return mean, lo, hi
-
-
-def macro_auc(y: np.ndarray, scores: np.ndarray) -> float:
-    """Macro one-vs-rest AUC from class probabilities (labels missing from ``y`` are skipped)."""
-    aucs = auc_per_label(y, scores)
-    return float(np.nanmean(aucs)) if np.isfinite(aucs).any() else float("nan")
 
 
 def paired_bootstrap_macro_auc(

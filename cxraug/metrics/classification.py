@@ -69,6 +69,20 @@ def auc_per_label(y: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return np.array([roc_auc(y == c, scores[:, c]) for c in range(scores.shape[1])])
 
 
+#: How cxraug's one macro ROC-AUC treats a label it cannot score (said in reports and run records).
+MACRO_AUC_DEFINITION = (
+    "macro ROC-AUC: the mean of the one-vs-rest AUCs of the labels that have both cases and "
+    "non-cases in the split; a label without them is left out (and named), NaN when none is left"
+)
+
+
+def macro_auc(y: np.ndarray, scores: np.ndarray) -> float:
+    """The macro one-vs-rest ROC-AUC used everywhere: model selection, reports and studies."""
+    aucs = auc_per_label(y, scores)
+    defined = np.isfinite(aucs)
+    return float(aucs[defined].mean()) if defined.any() else float("nan")
+
+
 def _bootstrap_indices(
     y: np.ndarray, rng: np.random.Generator, stratified: bool, present: np.ndarray
 ) -> np.ndarray | None:
@@ -191,7 +205,7 @@ def evaluate_classifier(
     aucs = auc_per_label(y, scores)
     for c in np.flatnonzero(~np.isfinite(aucs)):
         notes.append(f"AUC of {labels[c]!r} is undefined: the test split has no {labels[c]!r} cases")
-    macro = float(np.nanmean(aucs)) if np.isfinite(aucs).any() else float("nan")
+    macro = macro_auc(y, scores)
     boots = bootstrap_auc(y, scores, n_boot=n_boot, seed=seed, stratified=stratified) if n_boot else None
     auc_ci: dict[str, tuple[float, float]] = {}
     for c, label in enumerate(labels):

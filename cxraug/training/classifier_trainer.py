@@ -6,60 +6,44 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from pydantic import ValidationError
 from rich.progress import TextColumn
 from torch import nn
 
 from cxraug.data.prepared import PreparedDataset
+from cxraug.data.resolve import open_dataset
 from cxraug.errors import DataError, OptionsError
 from cxraug.interfaces import Classifier, DistContext, PluginOptions
-from cxraug.registry import Registry
+from cxraug.metrics.classification import auc_per_label, macro_auc
+from cxraug.options import resolve_options
 from cxraug.training.checkpoint import CHECKPOINT_FORMAT, atomic_save, rng_state, safe_load, set_rng_state
-from cxraug.training.gan_trainer import pick_device
-from cxraug.training.runs import MetricLog, read_options, write_json_atomic
+from cxraug.training.classifier_run import (
+    BestEpoch,
+    ClassifierRecord,
+    ClassifierRun,
+    ClassifierSettings,
+    prepare_batch,
+)
+from cxraug.training.lifecycle import Job
+from cxraug.training.metriclog import MetricLog
+from cxraug.training.runs import DataRef, base_record, latest_checkpoint
 from cxraug.ui import console, progress_bar
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class ClassifierTrainConfig:
-    """Resolved options of a train-classifier run (recorded in options.json)."""
-
-    arch: str
-    data: str
-    classes: list[str]
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float | None = None
-    online_augment: bool = False
-    class_weights: str = "none"  # none | balanced
-    seed: int = 0
-    device: str = "auto"
-    pretrained: bool = True
-    weights: str | None = None
-    options: dict[str, Any] = field(default_factory=dict)
-    augment_options: dict[str, Any] = field(default_factory=dict)
-
-
-def prepare_batch(images_u8: torch.Tensor, input_size: int, device: torch.device) -> torch.Tensor:
-    """(B, S, S) or (B, 1, S, S) uint8 -> (B, 1, input_size, input_size) float in [0, 1] on device."""
-    x = images_u8.to(device, non_blocking=True)
-    if x.ndim == 3:
-        x = x[:, None]
-    x = x.float().div_(255.0)
-    if x.shape[-1] != input_size:
-        x = F.interpolate(
-            x, size=(input_size, input_size), mode="bilinear", antialias=True, align_corners=False
-        )
-    return x
+def score_of(
+    auc: float, accuracy: float, probs: np.ndarray, y: np.ndarray, classes: list[str], epoch: int = 0
+) -> BestEpoch:
+    """The validation score that picks the best epoch: macro AUC, or accuracy when it is undefined."""
+    if math.isnan(auc):
+        return BestEpoch(epoch=epoch, score=accuracy, metric="val_accuracy")
+    scored = [c for c, a in zip(classes, auc_per_label(y, probs), strict=False) if np.isfinite(a)]
+    return BestEpoch(epoch=epoch, score=auc, metric="val_auc_macro", labels_scored=scored)
 
 
 def class_weight_tensor(targets: np.ndarray, n_classes: int, mode: str) -> torch.Tensor | None:
@@ -75,14 +59,6 @@ def class_weight_tensor(targets: np.ndarray, n_classes: int, mode: str) -> torch
     return torch.tensor(len(targets) / (n_classes * counts), dtype=torch.float32)
 
 
-def macro_auc(y_true: np.ndarray, probs: np.ndarray, n_classes: int) -> float:
-    """Macro one-vs-rest ROC-AUC; NaN when the split lacks a class (AUC undefined)."""
-    from cxraug.metrics.classification import auc_per_label
-
-    aucs = auc_per_label(y_true, probs)
-    return float(aucs.mean()) if len(aucs) == n_classes and np.isfinite(aucs).all() else float("nan")
-
-
 class ClassifierTrainer:
     """Trains one classifier run folder; resumable at epoch boundaries."""
 
@@ -90,7 +66,7 @@ class ClassifierTrainer:
         self,
         cls: type[Classifier],
         options: PluginOptions,
-        config: ClassifierTrainConfig,
+        config: ClassifierSettings,
         dataset: PreparedDataset,
         run_dir: Path,
         *,
@@ -107,7 +83,8 @@ class ClassifierTrainer:
         )
         self.online = online
         self.dist = dist or DistContext()
-        self.device = device or pick_device(config.device)
+        self.device = device or torch.device("cpu")
+        self.arch = str(config.arch)
         self.plugin = cls(options)
         self.input_size = self.plugin.input_size
         lookup = {c: i for i, c in enumerate(config.classes)}
@@ -137,8 +114,8 @@ class ClassifierTrainer:
         if not any(p.requires_grad for g in optimizer.param_groups for p in g["params"]):
             raise OptionsError("no trainable parameters (is the whole network frozen?)")
         ckpt_dir = self.run_dir / "checkpoints"
-        start_epoch, best = 0, {"epoch": -1, "val_auc_macro": -math.inf}
-        resume = _latest(ckpt_dir)
+        start_epoch, best = 0, BestEpoch(epoch=-1, score=-math.inf)
+        resume = latest_checkpoint(ckpt_dir)
         if resume is not None:
             state = safe_load(resume, map_location=self.device)
             try:
@@ -148,7 +125,7 @@ class ClassifierTrainer:
                 raise DataError(
                     f"checkpoint {resume}: does not match this run ({str(exc).splitlines()[0]})"
                 ) from None
-            start_epoch, best = int(state["epoch"]) + 1, dict(state["best"])
+            start_epoch, best = int(state["epoch"]) + 1, BestEpoch.model_validate(state["best"])
             if self.dist.world_size == 1:
                 set_rng_state(state["rng"])
             if main:
@@ -156,7 +133,8 @@ class ClassifierTrainer:
         train_model = self.dist.wrap(model)
         weight = class_weight_tensor(self.train_y, len(cfg.classes), cfg.class_weights)
         loss_fn = nn.CrossEntropyLoss(weight=weight.to(self.device) if weight is not None else None)
-        metric_log = MetricLog(self.run_dir, resume_step=start_epoch) if main else None
+        resumed = start_epoch if (self.run_dir / "log.jsonl").exists() else None
+        metric_log = MetricLog(self.run_dir, resume_step=resumed) if main else None
         world, rank = self.dist.world_size, self.dist.rank
         batch = max(world, cfg.batch_size - cfg.batch_size % world)
         per_rank = batch // world
@@ -166,7 +144,7 @@ class ClassifierTrainer:
         try:
             if progress:
                 progress.start()
-                task = progress.add_task(f"{cfg.arch}", total=(cfg.epochs - start_epoch) * steps, info="")
+                task = progress.add_task(self.arch, total=(cfg.epochs - start_epoch) * steps, info="")
             for epoch in range(start_epoch, cfg.epochs):
                 t0 = time.perf_counter()
                 model.train()
@@ -196,7 +174,7 @@ class ClassifierTrainer:
                         )
                 if main:
                     probs, val_loss = self.evaluate(model, self.val_idx, self.val_y, loss_fn)
-                    auc = macro_auc(self.val_y, probs, len(cfg.classes))
+                    auc = macro_auc(self.val_y, probs)
                     acc = float((probs.argmax(1) == self.val_y).mean())
                     row = {
                         "step": epoch + 1,
@@ -209,18 +187,16 @@ class ClassifierTrainer:
                         "seconds": round(time.perf_counter() - t0, 2),
                     }
                     metric_log.append(row)  # type: ignore[union-attr]
-                    score = auc if not math.isnan(auc) else acc
-                    if score > best["val_auc_macro"]:
-                        best = {"epoch": epoch + 1, "val_auc_macro": score}
-                        self._save_model(model, self.run_dir / "best.pt", epoch + 1, score)
+                    if score_of(auc, acc, probs, self.val_y, cfg.classes).score > best.score:
+                        best = score_of(auc, acc, probs, self.val_y, cfg.classes, epoch + 1)
+                        self._save_model(model, self.run_dir / "best.pt", best)
                     self._checkpoint(model, optimizer, epoch, best)
         finally:
             if progress:
                 progress.stop()
         if main and metric_log is not None:
             metric_log.flush_csv()
-            curves(metric_log.rows, self.run_dir / "metrics.png", cfg.arch)
-            write_json_atomic(self.run_dir / "status.json", {"finished": True, "best": best})
+            curves(metric_log.rows, self.run_dir / "metrics.png", self.arch)
         return best
 
     @torch.no_grad()
@@ -240,46 +216,43 @@ class ClassifierTrainer:
             probs.append(torch.softmax(logits.float(), 1).cpu().numpy())
         return np.concatenate(probs), losses / max(len(idx), 1)
 
-    def _save_model(self, model: nn.Module, path: Path, epoch: int, score: float) -> None:
+    def _save_model(self, model: nn.Module, path: Path, best: BestEpoch) -> None:
         atomic_save(
             {
                 "format": CHECKPOINT_FORMAT,
                 "kind": "classifier",
-                "arch": self.config.arch,
+                "arch": self.arch,
                 "options": self.options.model_dump(mode="json"),
                 "labels": list(self.config.classes),
                 "input_size": self.input_size,
-                "epoch": epoch,
-                "val_auc_macro": score,
+                "epoch": best.epoch,
+                "best": best.model_dump(),
                 "model": model.state_dict(),
                 "dataset": self.dataset.name,
             },
             path,
         )
 
-    def _checkpoint(self, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, best: dict) -> None:
+    def _checkpoint(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, best: BestEpoch
+    ) -> None:
         ckpt_dir = self.run_dir / "checkpoints"
         atomic_save(
             {
                 "format": CHECKPOINT_FORMAT,
                 "kind": "classifier",
-                "arch": self.config.arch,
+                "arch": self.arch,
                 "epoch": epoch,
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
-                "best": best,
+                "best": best.model_dump(),
                 "rng": rng_state(),
-                "config": asdict(self.config),
+                "config": self.config.model_dump(mode="json"),
             },
             ckpt_dir / f"ckpt-{epoch + 1:04d}.pt",
         )
         for old in sorted(ckpt_dir.glob("ckpt-*.pt"))[:-2]:
             old.unlink()
-
-
-def _latest(folder: Path) -> Path | None:
-    found = sorted(folder.glob("ckpt-*.pt")) if folder.is_dir() else []
-    return found[-1] if found else None
 
 
 def curves(rows: list[dict[str, Any]], path: Path, title: str) -> None:
@@ -309,58 +282,116 @@ def curves(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-# ------------------------------------------------------------------ loading for evaluation
+_METRIC_NAMES = {"val_auc_macro": "macro AUC", "val_accuracy": "accuracy"}
 
 
-@dataclass
-class LoadedClassifier:
-    model: nn.Module
-    labels: list[str]
-    input_size: int
-    arch: str
-    path: Path
-    device: torch.device
+class ClassifierJob(Job[ClassifierSettings, ClassifierRun]):
+    """``train-classifier`` for the run lifecycle."""
 
+    run_type: ClassVar[type[ClassifierRun]] = ClassifierRun
+    extends: ClassVar[frozenset[str]] = frozenset({"epochs"})
 
-def load_classifier(run: Path, registry: Registry, device: torch.device | str = "cpu") -> LoadedClassifier:
-    """The best model of a classifier run (or a best.pt file), ready for predict_proba."""
-    device = torch.device(device)
-    path = Path(run)
-    if path.is_dir():
-        read_options(path)  # a clear error when it is not a run
-        path = path / "best.pt"
-        if not path.is_file():
-            raise DataError(f"{run}: this classifier run has no best.pt yet (did training finish an epoch?)")
-    state = safe_load(path, map_location=device)
-    if state.get("kind") != "classifier":
-        raise DataError(f"{path}: not a classifier checkpoint")
-    cls = registry.get("classifier", state["arch"])
-    try:
-        options = cls.Options(**state["options"])
-    except ValidationError as exc:
-        raise DataError(f"{path}: its options no longer validate ({exc.errors()[0]['msg']})") from None
-    model = cls(options).build(len(state["labels"]), pretrained=False, weights=None)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as exc:
-        raise DataError(
-            f"{path}: weights do not match the {state['arch']} network ({str(exc).splitlines()[0]})"
-        ) from None
-    model.to(device).eval()
-    return LoadedClassifier(
-        model, list(state["labels"]), int(state["input_size"]), state["arch"], path, device
-    )
+    def resolve(self, settings: ClassifierSettings) -> ClassifierSettings:
+        registry = self.registry
+        if settings.arch is None:
+            raise OptionsError(
+                "name a classifier, e.g. `cxraug train-classifier densenet121` "
+                f"(installed: {', '.join(registry.names('classifier'))})"
+            )
+        cls = registry.classifier(settings.arch)
+        raw = dict(settings.options)
+        if settings.freeze_backbone is not None:
+            if "freeze_backbone" not in cls.Options.model_fields:
+                raise OptionsError(f"--freeze-backbone: {settings.arch} has no pretrained backbone to freeze")
+            raw["freeze_backbone"] = settings.freeze_backbone
+        options = resolve_options(cls.Options, plugin=f"classifier {settings.arch}", config=raw)
+        dataset = open_dataset(self.ws, registry, settings.data)
+        unknown = [c for c in settings.classes if c not in dataset.classes]
+        if unknown:
+            raise OptionsError(
+                f"--classes {','.join(unknown)}: not in dataset {dataset.name!r} "
+                f"(its classes: {', '.join(dataset.classes)})"
+            )
+        classes = [c for c in dataset.classes if c in settings.classes] or list(dataset.classes)
+        if len(classes) < 2:
+            raise OptionsError("a classifier needs at least two classes")
+        pretrained = cls.pretrained_by_default if settings.pretrained is None else settings.pretrained
+        if settings.weights is not None:
+            if not Path(settings.weights).is_file():
+                raise OptionsError(f"--weights {settings.weights}: no such file")
+            pretrained = True
+        if settings.online_augment:
+            self._online(settings)  # an unknown augmenter or one without a per-batch form fails now
+        update = {
+            "data": dataset.name,
+            "classes": classes,
+            "pretrained": pretrained,
+            "options": options.model_dump(mode="json"),
+        }
+        return ClassifierSettings.model_validate({**settings.model_dump(), **update})
 
+    def _online(self, settings: ClassifierSettings) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        if not settings.online_augment:
+            return None
+        name = settings.online_augmenter
+        cls = self.registry.augmenter(name)
+        options = resolve_options(cls.Options, plugin=f"augmenter {name}", config=settings.augment_options)
+        transform = cls(options).online_transform()
+        if transform is None:
+            raise OptionsError(f"--online-augment: augmenter {name!r} has no per-batch transform")
+        return transform
 
-@torch.no_grad()
-def predict_proba(loaded: LoadedClassifier, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Class probabilities (N, C), columns in ``loaded.labels`` order, for (N, S, S) uint8 images."""
-    if images.ndim != 3 or images.dtype != np.uint8:
-        raise ValueError(f"predict_proba expects (N, S, S) uint8 images, got {images.dtype} {images.shape}")
-    out = []
-    for start in range(0, len(images), batch_size):
-        x = prepare_batch(
-            torch.from_numpy(np.asarray(images[start : start + batch_size])), loaded.input_size, loaded.device
+    def dataset(self, settings: ClassifierSettings) -> PreparedDataset:
+        return open_dataset(self.ws, self.registry, settings.data)
+
+    def data(self, settings: ClassifierSettings) -> DataRef:
+        return DataRef.of(self.dataset(settings), ["train", "val"], list(settings.classes))
+
+    def record(self, settings: ClassifierSettings) -> tuple[str, ClassifierRecord]:
+        record = ClassifierRecord(
+            **base_record("classifier", str(settings.arch), settings, self.data(settings))
         )
-        out.append(torch.softmax(loaded.model(x).float(), 1).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, len(loaded.labels)), dtype=np.float32)
+        return f"{settings.arch}-{settings.data}", record
+
+    def plan(self, settings: ClassifierSettings, run: ClassifierRun | None) -> dict[str, Any]:
+        cls = self.registry.classifier(str(settings.arch))
+        plugin = cls(
+            resolve_options(cls.Options, plugin=f"classifier {settings.arch}", config=settings.options)
+        )
+        return {
+            "config": settings.model_dump(mode="json"),
+            "dataset": str(self.dataset(settings).path),
+            "input_size": plugin.input_size,
+            "lr": settings.lr if settings.lr is not None else cls.default_lr,
+            "run": str(run.path) if run else None,
+        }
+
+    def train(
+        self, run: ClassifierRun, settings: ClassifierSettings, dist: DistContext, device: torch.device
+    ) -> dict[str, Any]:
+        cls = self.registry.classifier(str(settings.arch))
+        options = resolve_options(cls.Options, plugin=f"classifier {settings.arch}", config=settings.options)
+        trainer = ClassifierTrainer(
+            cls,
+            options,
+            settings,
+            self.dataset(settings),
+            run.path,
+            online=self._online(settings),
+            dist=dist,
+            device=device,
+        )
+        return {"best": trainer.train()}
+
+    def describe(self, run: ClassifierRun) -> list[str]:
+        """What a finished run holds and what to do next (for the command's output)."""
+        lines = [f"[green]done:[/] {run.path}"]
+        best = run.best
+        if best is not None:
+            lines.append(
+                f"best epoch {best.epoch}: validation {_METRIC_NAMES.get(best.metric, best.metric)} "
+                f"{best.score:.4f} -> {run.best_path}"
+            )
+        lines.append(f"log: {run.path / 'log.csv'}  curves: {run.path / 'metrics.png'}")
+        lines.append("evaluate on the test split: `cxraug evaluate --roc`")
+        return lines

@@ -7,18 +7,20 @@ import math
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from rich.progress import TextColumn
 
 from cxraug.data.prepared import PreparedDataset
+from cxraug.data.resolve import open_dataset
 from cxraug.errors import DataError, OptionsError, TrainingInterruptedError
+from cxraug.imageio import resize
 from cxraug.interfaces import GAN, DistContext, GANSpec, PluginOptions
+from cxraug.options import resolve_options
 from cxraug.training import plots
 from cxraug.training.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -28,34 +30,16 @@ from cxraug.training.checkpoint import (
     safe_load,
     set_rng_state,
 )
-from cxraug.training.runs import MetricLog, write_json_atomic
+from cxraug.training.gan_run import GanRecord, GanRun, GanSettings, parse_snapshot_every
+from cxraug.training.lifecycle import Job
+from cxraug.training.metriclog import MetricLog
+from cxraug.training.runs import DataRef, base_record, latest_checkpoint, write_json_atomic
 from cxraug.ui import console, progress_bar
 
 log = logging.getLogger(__name__)
 
 #: Samples per label in the fixed-latent grids saved at each snapshot.
 GRID_PER_LABEL = 8
-
-
-@dataclass
-class GANTrainConfig:
-    """Resolved options of a train-gan run (recorded in options.json)."""
-
-    arch: str
-    data: str
-    classes: list[str]
-    size: int
-    batch_size: int = 32
-    epochs: float | None = None
-    kimg: float | None = None
-    seed: int = 0
-    device: str = "auto"
-    snapshot_every: str = "auto"
-    per_class: bool = True
-    transfer: str | None = None
-    log_every: int = 10
-    keep_checkpoints: int = 3
-    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -69,27 +53,11 @@ class Unit:
     targets: torch.Tensor  # (N,) long, indices into labels
 
 
-def gan_units(cls: type[GAN], config: GANTrainConfig) -> list[str]:
+def gan_units(cls: type[GAN], config: GanSettings) -> list[str]:
     """The models a run trains: "all" (conditional, pooled, or one label) or one per label."""
     if cls.conditional or not config.per_class or len(config.classes) == 1:
         return ["all"]
     return list(config.classes)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name not in ("cpu", "cuda", "mps"):
-        raise OptionsError(f"--device {name!r}: choose auto, cpu, cuda or mps")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise OptionsError("--device cuda: no CUDA GPU is visible to PyTorch; use --device cpu")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise OptionsError("--device mps: Apple MPS is not available here; use --device cpu")
-    return torch.device(name)
 
 
 def load_images(dataset: PreparedDataset, classes: list[str], size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,8 +67,7 @@ def load_images(dataset: PreparedDataset, classes: list[str], size: int) -> tupl
         raise DataError(f"dataset {dataset.name!r} has no training images of {classes}")
     images = torch.from_numpy(np.asarray(dataset.images[idx]))[:, None]
     if size != dataset.size:
-        x = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True)
-        images = x.round().clamp(0, 255).to(torch.uint8)
+        images = resize(images, (size, size))
     lookup = {c: i for i, c in enumerate(classes)}
     targets = torch.tensor([lookup[dataset.rows[i]["label"]] for i in idx], dtype=torch.long)
     return images.contiguous(), targets
@@ -108,26 +75,14 @@ def load_images(dataset: PreparedDataset, classes: list[str], size: int) -> tupl
 
 def parse_interval(text: str, budget_unit: str, total_steps: int, batch: int, steps_per_epoch: int) -> int:
     """``auto`` / ``5`` / ``2ep`` / ``0.5kimg`` / ``100steps`` -> a snapshot interval in steps."""
-    t = text.strip().lower()
-    if t == "auto":
-        return max(1, math.ceil(total_steps / 10))
     try:
-        if t.endswith("kimg"):
-            value, unit = float(t[:-4]), "kimg"
-        elif t.endswith("ep"):
-            value, unit = float(t[:-2]), "epochs"
-        elif t.endswith("steps"):
-            value, unit = float(t[:-5]), "steps"
-        else:
-            value, unit = float(t), budget_unit
-    except ValueError:
-        raise OptionsError(
-            f"--snapshot-every {text!r}: use auto, a number (in the budget's unit), or a value "
-            "with a unit: 2ep, 0.5kimg, 100steps"
-        ) from None
-    if value <= 0:
-        raise OptionsError(f"--snapshot-every {text!r}: must be positive")
-    steps = {"kimg": value * 1000 / batch, "epochs": value * steps_per_epoch, "steps": value}[unit]
+        value, unit = parse_snapshot_every(text)
+    except ValueError as exc:
+        raise OptionsError(f"--snapshot-every {text!r}: {exc}") from None
+    if unit == "auto":
+        return max(1, math.ceil(total_steps / 10))
+    unit = {"ep": "epochs", None: budget_unit}.get(unit, unit)
+    steps = {"kimg": value * 1000 / batch, "epochs": value * steps_per_epoch, "steps": value}[str(unit)]
     return max(1, round(steps))
 
 
@@ -138,7 +93,7 @@ class GANTrainer:
         self,
         cls: type[GAN],
         options: PluginOptions,
-        config: GANTrainConfig,
+        config: GanSettings,
         dataset: PreparedDataset,
         run_dir: Path,
         *,
@@ -148,13 +103,15 @@ class GANTrainer:
         self.cls, self.options, self.config = cls, options, config
         self.dataset, self.run_dir = dataset, run_dir
         self.dist = dist or DistContext()
-        self.device = device or pick_device(config.device)
+        self.device = device or torch.device("cpu")
+        self.arch = str(config.arch)
+        self.size = int(config.size or dataset.size)
         self.units = self._units()
 
     def _units(self) -> list[Unit]:
         cfg = self.config
         if gan_units(self.cls, cfg) == ["all"]:
-            images, targets = load_images(self.dataset, cfg.classes, cfg.size)
+            images, targets = load_images(self.dataset, cfg.classes, self.size)
             if not self.cls.conditional:
                 targets = torch.zeros_like(targets)
                 labels = cfg.classes if len(cfg.classes) == 1 else ["all"]
@@ -163,7 +120,7 @@ class GANTrainer:
             return [Unit("all", labels, self.run_dir, images, targets)]
         units = []
         for label in cfg.classes:
-            images, _ = load_images(self.dataset, [label], cfg.size)
+            images, _ = load_images(self.dataset, [label], self.size)
             units.append(
                 Unit(
                     label,
@@ -205,7 +162,7 @@ class GANTrainer:
         cfg = self.config
         torch.manual_seed(cfg.seed + 1000 * k)
         spec = GANSpec(
-            image_size=cfg.size,
+            image_size=self.size,
             labels=unit.labels,
             channels=1,
             device=str(self.device),
@@ -222,7 +179,7 @@ class GANTrainer:
         ckpt_dir = unit.folder / "checkpoints"
         status_path = unit.folder / "status.json"
         batch, steps_per_epoch, total = self._budget(len(unit.images))
-        unit_name = f"{cfg.arch}/{unit.name}"
+        unit_name = f"{self.arch}/{unit.name}"
         gan = self.build_gan(unit, k)
         if cfg.transfer and not latest_checkpoint(ckpt_dir):
             self._transfer(gan, Path(cfg.transfer), unit.name)
@@ -241,7 +198,8 @@ class GANTrainer:
             batch,
             steps_per_epoch,
         )
-        metric_log = MetricLog(unit.folder, resume_step=start) if main else None
+        resumed = start if (unit.folder / "log.jsonl").exists() else None
+        metric_log = MetricLog(unit.folder, resume_step=resumed) if main else None
         fixed_z, fixed_labels = self._fixed_latents(gan, unit)
         if start >= total:
             if main:
@@ -333,16 +291,16 @@ class GANTrainer:
         ckpt_dir = unit.folder / "checkpoints"
         state = {
             "format": CHECKPOINT_FORMAT,
-            "arch": self.config.arch,
+            "arch": self.arch,
             "options": self.options.model_dump(mode="json"),
-            "spec": {"image_size": self.config.size, "labels": unit.labels, "channels": 1},
+            "spec": {"image_size": self.size, "labels": unit.labels, "channels": 1},
             "counters": {"step": step, "kimg": step * batch / 1000, "batch": batch},
             "networks": {k: v.state_dict() for k, v in gan.networks().items()},
             "optimizers": {k: v.state_dict() for k, v in gan.optimizers().items()},
             "schedulers": {k: v.state_dict() for k, v in gan.schedulers().items()},
             "extra": gan.extra_state(),
             "rng": rng_state(),
-            "config": asdict(self.config),
+            "config": self.config.model_dump(mode="json"),
         }
         atomic_save(state, ckpt_dir / f"ckpt-{step:08d}.pt")
         for old in sorted(ckpt_dir.glob("ckpt-*.pt"))[: -self.config.keep_checkpoints]:
@@ -366,14 +324,14 @@ class GANTrainer:
     ) -> None:
         if metric_log is not None:
             metric_log.flush_csv()
-            plots.loss_plot(metric_log.rows, unit.folder / "losses.png", f"{self.config.arch} {unit.name}")
+            plots.loss_plot(metric_log.rows, unit.folder / "losses.png", f"{self.arch} {unit.name}")
         frames = sorted((unit.folder / "samples").glob("step-*.png"))
         plots.progress_gif(frames, unit.folder / "progress.gif")
 
     def _restore(self, gan: GAN, path: Path) -> int:
         state = safe_load(path, map_location=self.device)
-        if state.get("arch") != self.config.arch:
-            raise DataError(f"checkpoint {path}: made by {state.get('arch')!r}, not {self.config.arch!r}")
+        if state.get("arch") != self.arch:
+            raise DataError(f"checkpoint {path}: made by {state.get('arch')!r}, not {self.arch!r}")
         try:
             for name, module in gan.networks().items():
                 module.load_state_dict(state["networks"][name])
@@ -407,10 +365,9 @@ class GANTrainer:
                 raise DataError(f"--transfer {path}: no checkpoints for {unit!r} in that folder{hint}")
             path = found
         state = safe_load(path, map_location=self.device)
-        if state.get("arch") != self.config.arch:
+        if state.get("arch") != self.arch:
             raise DataError(
-                f"--transfer {path}: a {state.get('arch')!r} checkpoint cannot start a "
-                f"{self.config.arch!r} run"
+                f"--transfer {path}: a {state.get('arch')!r} checkpoint cannot start a {self.arch!r} run"
             )
         skipped = []
         for name, module in gan.networks().items():
@@ -451,9 +408,94 @@ class _GracefulStop:
             self._old = None
 
 
-def latest_checkpoint(folder: Path) -> Path | None:
-    """The newest valid-looking checkpoint file in ``folder``."""
-    if not folder.is_dir():
-        return None
-    found = sorted(folder.glob("ckpt-*.pt"))
-    return found[-1] if found else None
+class GanJob(Job[GanSettings, GanRun]):
+    """``train-gan`` for the run lifecycle."""
+
+    run_type: ClassVar[type[GanRun]] = GanRun
+    extends: ClassVar[frozenset[str]] = frozenset({"epochs", "kimg"})
+
+    def resolve(self, settings: GanSettings) -> GanSettings:
+        registry = self.registry
+        if settings.arch is None:
+            raise OptionsError(
+                "name an architecture, e.g. `cxraug train-gan dcgan` "
+                f"(installed: {', '.join(registry.names('gan'))})"
+            )
+        cls = registry.gan(settings.arch)
+        options = resolve_options(cls.Options, plugin=f"gan {settings.arch}", config=settings.options)
+        dataset = open_dataset(self.ws, registry, settings.data)
+        unknown = [c for c in settings.classes if c not in dataset.classes]
+        if unknown:
+            raise OptionsError(
+                f"--classes {','.join(unknown)}: not in dataset {dataset.name!r} "
+                f"(its classes: {', '.join(dataset.classes)})"
+            )
+        update: dict[str, Any] = {
+            "data": dataset.name,
+            "classes": [c for c in dataset.classes if c in settings.classes] or list(dataset.classes),
+            "size": settings.size or dataset.size,
+            "options": options.model_dump(mode="json"),
+        }
+        if settings.epochs is None and settings.kimg is None:
+            update["kimg"] = cls.default_kimg
+        if settings.transfer and not Path(settings.transfer).exists():
+            update["transfer"] = str(GanRun.resolve(self.ws, settings.transfer).path)
+        return GanSettings.model_validate({**settings.model_dump(), **update})
+
+    def dataset(self, settings: GanSettings) -> PreparedDataset:
+        return open_dataset(self.ws, self.registry, settings.data)
+
+    def data(self, settings: GanSettings) -> DataRef:
+        return DataRef.of(self.dataset(settings), ["train"], list(settings.classes))
+
+    def record(self, settings: GanSettings) -> tuple[str, GanRecord]:
+        cls = self.registry.gan(str(settings.arch))
+        record = GanRecord(
+            **base_record("gan", str(settings.arch), settings, self.data(settings)),
+            units=gan_units(cls, settings),
+            conditional=cls.conditional,
+        )
+        return f"{settings.arch}-{settings.data}", record
+
+    def plan(self, settings: GanSettings, run: GanRun | None) -> dict[str, Any]:
+        return {
+            "config": settings.model_dump(mode="json"),
+            "dataset": str(self.dataset(settings).path),
+            "run": str(run.path) if run else None,
+        }
+
+    def adjust_resume(self, recorded: GanSettings, wanted: dict[str, Any]) -> dict[str, Any]:
+        # a new budget replaces the recorded one, whichever unit either is in
+        if "epochs" in wanted and "kimg" not in wanted:
+            wanted = {**wanted, "kimg": None}
+        if "kimg" in wanted and "epochs" not in wanted:
+            wanted = {**wanted, "epochs": None}
+        return wanted
+
+    def train(
+        self, run: GanRun, settings: GanSettings, dist: DistContext, device: torch.device
+    ) -> dict[str, Any]:
+        cls = self.registry.gan(str(settings.arch))
+        options = resolve_options(cls.Options, plugin=f"gan {settings.arch}", config=settings.options)
+        dataset = self.dataset(settings)
+        if dist.is_main and dataset.synthetic:
+            console.print("[yellow]Training on the synthetic demo dataset (phantoms, not real X-rays).[/]")
+        GANTrainer(cls, options, settings, dataset, run.path, dist=dist, device=device).train()
+        return {}
+
+    def describe(self, run: GanRun) -> list[str]:
+        """What a finished run holds and what to do next (for the command's output)."""
+        lines = [f"[green]done:[/] {run.path}"]
+        for unit in run.record.units:
+            folder = run.unit_folder(unit)
+            lines.append(
+                f"  {unit}: samples {folder / 'samples'}  losses {folder / 'losses.png'}  "
+                f"animation {folder / 'progress.gif'}"
+            )
+        s = run.settings
+        budget = f"--epochs {s.epochs}" if s.epochs is not None else f"--kimg {s.kimg}"
+        lines.append(
+            f"trained {budget} per model. Train longer: `cxraug train-gan --resume {run.path} --kimg N` "
+            "with a larger N; generate images: `cxraug generate --n 1000`."
+        )
+        return lines

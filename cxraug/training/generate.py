@@ -16,7 +16,6 @@ from cxraug.interfaces import GAN, GANSpec
 from cxraug.registry import Registry
 from cxraug.training.checkpoint import safe_load
 from cxraug.training.plots import to_uint8
-from cxraug.training.runs import read_options
 from cxraug.ui import progress_bar
 
 MANIFEST_FIELDS = (
@@ -66,24 +65,10 @@ def load_generator(path: Path, registry: Registry, device: torch.device) -> Load
     return LoadedGenerator(gan, path, file_sha256(path), state["arch"], list(spec_d["labels"]))
 
 
-def generators_for(
-    run_dir: Path | None, checkpoint: Path | None, registry: Registry, device: torch.device
+def generators_from(
+    paths: list[Path], registry: Registry, device: torch.device
 ) -> dict[str, tuple[LoadedGenerator, int]]:
-    """Label -> (generator, label index within it) for a run (every unit) or one checkpoint."""
-    from cxraug.training.gan_trainer import latest_checkpoint
-
-    paths: list[Path] = []
-    if checkpoint is not None:
-        paths = [checkpoint]
-    else:
-        assert run_dir is not None
-        options = read_options(run_dir)
-        for unit in options["units"]:
-            folder = run_dir if unit == "all" else run_dir / unit
-            found = latest_checkpoint(folder / "checkpoints")
-            if found is None:
-                raise DataError(f"run {run_dir}: unit {unit!r} has no checkpoint yet; train it first")
-            paths.append(found)
+    """Label -> (generator, label index within it) for checkpoint files (one per model)."""
     out: dict[str, tuple[LoadedGenerator, int]] = {}
     for path in paths:
         loaded = load_generator(path, registry, device)

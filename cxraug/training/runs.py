@@ -1,15 +1,26 @@
-"""Run folders: runs/KIND/NAME with the resolved options, logs, plots, samples and checkpoints."""
+"""Run folders as objects: a folder under the workspace with its resolved options and status.
+
+Every kind of run (GAN, classifier, evaluation, experiment) is a :class:`Run` subclass that owns
+one folder: ``options.json`` (a pydantic :class:`RunRecord`: the resolved settings, the data it
+was trained on, its status), its logs and checkpoints. Nothing else reads ``options.json``.
+"""
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import json
+import sys
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Generic, TypeVar
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from cxraug.data.prepared import PreparedDataset
 from cxraug.errors import DataError
 from cxraug.fileio import atomic_write
+from cxraug.runlock import RunLock
+from cxraug.settings import Settings
 from cxraug.workspace import Workspace
 
 OPTIONS_FILE = "options.json"
@@ -19,162 +30,263 @@ def now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")
 
 
-def new_run_dir(workspace: Workspace, kind: str, label: str) -> Path:
-    """A fresh, uniquely named run folder under runs/KIND/."""
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = workspace.runs_dir / kind
-    base.mkdir(parents=True, exist_ok=True)
-    for k in range(1000):
-        path = base / (f"{stamp}-{label}" + (f"-{k}" if k else ""))
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
-    raise RuntimeError(f"could not create a run folder under {base}")  # pragma: no cover
-
-
-def start_run(
-    workspace: Workspace, kind: str, arch: str, config: dict[str, Any], dataset: Any, **extra: Any
-) -> Path:
-    """A new run folder under runs/KIND/ with its options.json (status "running")."""
-    import sys
-
-    from cxraug import __version__
-
-    run_dir = new_run_dir(workspace, kind, f"{arch}-{dataset.name}")
-    write_json_atomic(
-        run_dir / "options.json",
-        {
-            "kind": kind,
-            "arch": arch,
-            "started": now_iso(),
-            "status": "running",
-            "cxraug_version": __version__,
-            "command": ["cxraug", *sys.argv[1:]],
-            "config": config,
-            "dataset": {
-                "name": dataset.name,
-                "path": str(dataset.path),
-                "size": dataset.size,
-                "synthetic": dataset.synthetic,
-            },
-            **extra,
-        },
-    )
-    return run_dir
-
-
-def finish_run(run_dir: Path, **extra: Any) -> None:
-    """Mark a run finished in its options.json."""
-    saved = read_options(run_dir)
-    saved.update(status="finished", finished=now_iso(), **extra)
-    write_json_atomic(run_dir / "options.json", saved)
-
-
 def write_json_atomic(path: Path, data: Any) -> None:
     text = json.dumps(data, indent=2, default=str) + "\n"
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
-def read_options(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / OPTIONS_FILE
-    if not path.is_file():
-        raise DataError(f"{run_dir}: not a cxraug run (no {OPTIONS_FILE})")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc})") from None
+class RunStatus(str, Enum):
+    """Where a run stands; ``--resume auto`` continues ``running`` and ``interrupted`` ones."""
+
+    RUNNING = "running"  # started, or killed before it could say otherwise
+    INTERRUPTED = "interrupted"  # stopped by Ctrl-C after a snapshot
+    FAILED = "failed"  # stopped by an error; continued only when named explicitly
+    FINISHED = "finished"
 
 
-def list_runs(workspace: Workspace, kind: str) -> list[Path]:
-    """Runs of a kind, oldest first by their recorded start time."""
-    base = workspace.runs_dir / kind
-    if not base.is_dir():
-        return []
-    found = []
-    for opt in base.glob(f"*/{OPTIONS_FILE}"):
-        try:
-            started = json.loads(opt.read_text(encoding="utf-8")).get("started", "")
-        except (OSError, json.JSONDecodeError):
-            continue
-        found.append((started, opt.parent))
-    return [p for _, p in sorted(found)]
+RESUMABLE = frozenset({RunStatus.RUNNING, RunStatus.INTERRUPTED})
 
 
-def resolve_run(workspace: Workspace, kind: str, run: str | Path | None) -> Path:
-    """A run by path, by name under runs/KIND, or the latest one."""
-    if run is None:
-        runs = list_runs(workspace, kind)
-        if not runs:
-            hint = "cxraug train-gan ARCH" if kind == "gan" else f"cxraug train-{kind} ARCH"
-            raise DataError(f"no {kind} runs in {workspace.runs_dir / kind}; run `{hint}` first")
-        return runs[-1]
-    path = Path(run)
-    for candidate in (path, workspace.runs_dir / kind / str(run)):
-        if (candidate / OPTIONS_FILE).is_file():
-            return candidate
-    known = ", ".join(p.name for p in list_runs(workspace, kind)[-5:]) or "none"
-    raise DataError(
-        f"run {run!r} not found (as a path or under {workspace.runs_dir / kind}); recent: {known}"
-    )
+class DataRef(BaseModel):
+    """The prepared data a run used, with a fingerprint of the rows it used."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    path: str
+    size: int
+    synthetic: bool = False
+    fingerprint: str = ""
+    rows: int = 0
+
+    @classmethod
+    def of(cls, dataset: PreparedDataset, splits: list[str], labels: list[str]) -> DataRef:
+        """The rows of ``splits`` x ``labels`` of a prepared dataset."""
+        fingerprint, rows = dataset.fingerprint(splits, labels)
+        return cls(
+            name=dataset.name,
+            path=str(dataset.path),
+            size=dataset.size,
+            synthetic=dataset.synthetic,
+            fingerprint=fingerprint,
+            rows=rows,
+        )
 
 
-class MetricLog:
-    """Appends rows to log.jsonl and log.csv; on resume, rows after the resumed step are dropped."""
+SettingsT = TypeVar("SettingsT", bound=Settings)
 
-    def __init__(self, folder: Path, resume_step: int | None = None) -> None:
-        self.jsonl = folder / "log.jsonl"
-        self.csv = folder / "log.csv"
-        rows = self.read() if resume_step is not None else []
-        rows = [r for r in rows if r.get("step", 0) <= (resume_step or 0)]
-        self._rows = rows
-        self._rewrite()
 
-    def read(self) -> list[dict[str, Any]]:
-        if not self.jsonl.is_file():
-            return []
-        out = []
-        for line in self.jsonl.read_text(encoding="utf-8").splitlines():
+class RunRecord(BaseModel, Generic[SettingsT]):
+    """``options.json``: what a run was asked to do and where it stands."""
+
+    model_config = ConfigDict(extra="allow")
+
+    kind: str
+    arch: str = ""
+    started: str
+    status: RunStatus = RunStatus.RUNNING
+    cxraug_version: str = ""
+    command: list[str] = []
+    config: SettingsT
+    dataset: DataRef | None = None
+    finished: str | None = None
+    failed: str | None = None
+    error: str | None = None
+
+
+RecordT = TypeVar("RecordT", bound=RunRecord[Any])
+RunT = TypeVar("RunT", bound="Run[Any]")
+
+
+class Run(Generic[RecordT]):
+    """One run folder. Subclasses set ``kind``, ``Record`` and where their folders live."""
+
+    kind: ClassVar[str]
+    Record: ClassVar[type[RunRecord[Any]]]
+    #: Command that makes runs of this kind (for "no runs yet" messages).
+    make_hint: ClassVar[str] = ""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._record: RecordT | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path)!r})"
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    # ------------------------------------------------------------------ where runs live
+
+    @classmethod
+    def home(cls, workspace: Workspace) -> Path:
+        return workspace.runs_dir / cls.kind
+
+    @classmethod
+    def create(cls: type[RunT], workspace: Workspace, label: str, record: RunRecord[Any]) -> RunT:
+        """A new, uniquely named folder ``home/TIME-label`` holding ``record``."""
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        base = cls.home(workspace)
+        base.mkdir(parents=True, exist_ok=True)
+        for k in range(1000):
+            path = base / (f"{stamp}-{label}" + (f"-{k}" if k else ""))
             try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a line cut by a crash: everything after it is lost anyway
-        return out
+                path.mkdir()
+            except FileExistsError:
+                continue
+            return cls.create_at(path, record)
+        raise RuntimeError(f"could not create a run folder under {base}")  # pragma: no cover
 
-    def _rewrite(self) -> None:
-        with open(self.jsonl, "w", encoding="utf-8") as fh:
-            for row in self._rows:
-                fh.write(json.dumps(row) + "\n")
-        self._write_csv()
+    @classmethod
+    def create_at(cls: type[RunT], path: Path, record: RunRecord[Any]) -> RunT:
+        path.mkdir(parents=True, exist_ok=True)
+        run = cls(path)
+        run._record = record  # type: ignore[assignment]
+        run.save()
+        return run
 
-    def _write_csv(self) -> None:
-        keys: list[str] = []
-        for row in self._rows:
-            keys += [k for k in row if k not in keys]
-        with open(self.csv, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=keys or ["step"], lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(self._rows)
+    @classmethod
+    def is_run(cls, path: Path) -> bool:
+        return (path / OPTIONS_FILE).is_file()
 
-    def append(self, row: dict[str, Any]) -> None:
-        self._rows.append(row)
-        with open(self.jsonl, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row) + "\n")
-            fh.flush()
+    @classmethod
+    def all(cls: type[RunT], workspace: Workspace) -> list[RunT]:
+        """Runs of this kind, oldest first by their recorded start; unreadable folders skipped."""
+        base = cls.home(workspace)
+        found: list[tuple[str, RunT]] = []
+        for opt in sorted(base.glob(f"*/{OPTIONS_FILE}")) if base.is_dir() else []:
+            try:
+                raw = json.loads(opt.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if isinstance(raw, dict) and raw.get("kind") == cls.kind:
+                found.append((str(raw.get("started", "")), cls(opt.parent)))
+        return [r for _, r in sorted(found, key=lambda t: t[0])]
 
-    def flush_csv(self) -> None:
-        self._write_csv()
+    @classmethod
+    def resolve(cls: type[RunT], workspace: Workspace, ref: str | Path | None) -> RunT:
+        """A run by path, by name under its home, or the latest one."""
+        if ref is None:
+            runs = cls.all(workspace)
+            if not runs:
+                raise DataError(f"no {cls.kind} runs in {cls.home(workspace)}; run `{cls.make_hint}` first")
+            return runs[-1]
+        for candidate in (Path(ref), cls.home(workspace) / str(ref)):
+            if cls.is_run(candidate):
+                return cls(candidate)
+        known = ", ".join(p.name for p in cls.all(workspace)[-5:]) or "none"
+        raise DataError(
+            f"{cls.kind} run {str(ref)!r} not found (as a path or under {cls.home(workspace)}); "
+            f"recent: {known}"
+        )
+
+    @classmethod
+    def latest_resumable(cls: type[RunT], workspace: Workspace, arch: str | None = None) -> RunT | None:
+        """The newest run that ``--resume auto`` continues: running or interrupted, never failed."""
+        runs = [
+            r
+            for r in cls.all(workspace)
+            if r.record.status in RESUMABLE and (arch is None or r.record.arch == arch)
+        ]
+        return runs[-1] if runs else None
+
+    # ------------------------------------------------------------------ the record
 
     @property
-    def rows(self) -> list[dict[str, Any]]:
-        return self._rows
+    def options_path(self) -> Path:
+        return self.path / OPTIONS_FILE
+
+    @property
+    def record(self) -> RecordT:
+        if self._record is None:
+            self._record = self._load()
+        return self._record
+
+    def _load(self) -> RecordT:
+        path = self.options_path
+        if not path.is_file():
+            raise DataError(f"{self.path}: not a cxraug run (no {OPTIONS_FILE})")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DataError(f"{path}: not valid JSON ({exc}); the run's record is damaged") from None
+        kind = data.get("kind") if isinstance(data, dict) else None
+        if kind != self.kind:
+            raise DataError(f"{self.path}: a {kind or 'unknown'} run, not a {self.kind} run")
+        try:
+            return self.Record.model_validate(data)  # type: ignore[return-value]
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            key = ".".join(str(p) for p in err["loc"])
+            raise DataError(
+                f"{path}: {key}: {err['msg']} (got {err.get('input')!r}); the run was made by another "
+                "cxraug version or edited by hand"
+            ) from None
+
+    def save(self) -> None:
+        write_json_atomic(self.options_path, self.record.model_dump(mode="json"))
+
+    def reload(self) -> RecordT:
+        self._record = None
+        return self.record
+
+    @property
+    def settings(self) -> Any:
+        return self.record.config
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def status(self) -> RunStatus:
+        return self.record.status
+
+    def mark(self, status: RunStatus, **fields: Any) -> None:
+        """Record a new status (and any fields the kind adds, e.g. the best epoch)."""
+        record = self.reload()
+        record.status = status
+        if status is RunStatus.FINISHED:
+            record.finished, record.error = now_iso(), None
+        elif status is RunStatus.FAILED:
+            record.failed = now_iso()
+        for key, value in fields.items():
+            setattr(record, key, value)
+        self.save()
+
+    def lock(self) -> RunLock:
+        """One process per run: an OS lock that dies with its process."""
+        return RunLock(self.path)
+
+    # ------------------------------------------------------------------ what the lifecycle asks
+
+    def has_progress(self) -> bool:
+        """True once the run holds something worth keeping after a failure (a checkpoint)."""
+        return any(self.path.rglob("ckpt-*.pt"))
 
 
-def gan_labels(run_dir: Path) -> list[str]:
-    """Labels a GAN run can generate ([] for a model pooled over several labels)."""
-    options = read_options(run_dir)
-    classes = list(options["config"]["classes"])
-    if options.get("units") == ["all"]:
-        return classes if options.get("conditional") or len(classes) == 1 else []
-    return list(options.get("units", []))
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The newest checkpoint file in ``folder``."""
+    if not folder.is_dir():
+        return None
+    found = sorted(folder.glob("ckpt-*.pt"))
+    return found[-1] if found else None
+
+
+def base_record(
+    kind: str, arch: str, config: Settings, dataset: DataRef | None, **extra: Any
+) -> dict[str, Any]:
+    """The fields every new record starts with."""
+    from cxraug import __version__
+
+    return {
+        "kind": kind,
+        "arch": arch,
+        "started": now_iso(),
+        "status": RunStatus.RUNNING,
+        "cxraug_version": __version__,
+        "command": ["cxraug", *sys.argv[1:]],
+        "config": config,
+        "dataset": dataset,
+        **extra,
+    }

@@ -1,0 +1,154 @@
+"""Command settings: one validated pydantic model per command, filled from flags and ``--config``.
+
+A command's flags and its ``[COMMAND]`` table in a ``--config`` TOML file are the same fields of one
+model. Values come from the model's defaults < the config table < flags given on the command line;
+a bad value from any of them gets one line naming where it came from, the value and what was
+expected. Resuming a run compares the settings a user gave again with the recorded ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Generic, TypeVar
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+
+from cxraug.errors import OptionsError
+
+
+def split_list(values: Any) -> list[str]:
+    """``["a,b", "c"]`` (repeated or comma-separated flags, or a config list) -> ``["a", "b", "c"]``."""
+    if values is None:
+        return []
+    if isinstance(values, str):
+        values = [values]
+    if not isinstance(values, (list, tuple)):
+        return values  # type: ignore[no-any-return]  # let the list validator name the wrong type
+    return [v.strip() for item in values for v in str(item).split(",") if v.strip()]
+
+
+#: A list of names that also accepts ``"a,b"`` and repeated flags.
+NameList = Annotated[list[str], BeforeValidator(split_list)]
+
+
+class Settings(BaseModel):
+    """Base of every command's settings; unknown keys are an error."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    #: The ``--config`` table that holds this command's values (e.g. ``train-gan``).
+    section: ClassVar[str] = ""
+    #: Fields a resumed run may change (a longer budget, another device); all others must match.
+    resumable: ClassVar[frozenset[str]] = frozenset()
+    #: Field -> flag, where the flag is not ``--field-name``.
+    flag_names: ClassVar[dict[str, str]] = {}
+    #: Config-table key -> field, where a table says it another way (e.g. ``map`` for ``label_map``).
+    config_aliases: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def flag(cls, field: str) -> str:
+        return cls.flag_names.get(field, "--" + field.replace("_", "-"))
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """Each field's default (for the CLI's help text)."""
+        return {k: f.get_default(call_default_factory=True) for k, f in cls.model_fields.items()}
+
+
+S = TypeVar("S", bound=Settings)
+
+
+@dataclass
+class Built(Generic[S]):
+    """Validated settings and the values the user gave explicitly (flags and config keys)."""
+
+    settings: S
+    explicit: dict[str, Any]
+
+
+def build_settings(
+    model: type[S],
+    *,
+    flags: Mapping[str, Any] | None = None,
+    config: Mapping[str, Any] | None = None,
+    base: Mapping[str, Any] | None = None,
+) -> Built[S]:
+    """Defaults < ``base`` (recorded values) < the config's ``[section]`` table < ``flags``."""
+    flags = dict(flags or {})
+    config = config or {}
+    path = str(config.get("__path__", "config"))
+    table = {str(k).replace("-", "_"): v for k, v in dict(config.get(model.section, {})).items()}
+    table = {model.config_aliases.get(k, k): v for k, v in table.items()}
+    unknown = [k for k in table if k not in model.model_fields]
+    if unknown:
+        valid = ", ".join(sorted(k.replace("_", "-") for k in model.model_fields))
+        raise OptionsError(f"{path}: [{model.section}] has unknown key {unknown[0]!r}; valid keys: {valid}")
+    values = {**dict(base or {}), **table, **flags}
+    try:
+        settings = model(**values)
+    except ValidationError as exc:
+        raise OptionsError(describe_error(exc, model, flags, table, path)) from None
+    return Built(settings, {**table, **flags})
+
+
+def describe_error(
+    exc: ValidationError,
+    model: type[Settings],
+    flags: Mapping[str, Any],
+    table: Mapping[str, Any],
+    path: str,
+) -> str:
+    """One line per bad value, saying where it came from: a flag, the config file, or a record."""
+    lines = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        key = loc[0] if loc else ""
+        msg = err["msg"]
+        value = err.get("input")
+        if key in flags:
+            lines.append(f"{model.flag(key)} {_show(flags[key])}: {msg}")
+        elif key in table:
+            lines.append(f"{path}: [{model.section}] {key} = {_show(table[key])}: {msg}")
+        elif key:
+            lines.append(f"{model.flag(key)} {_show(value)}: {msg}")
+        else:
+            lines.append(msg.removeprefix("Value error, "))
+    return "; ".join(line.replace("Value error, ", "") for line in lines)
+
+
+def _show(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def changed_settings(recorded: Settings, wanted: Mapping[str, Any], model: type[Settings]) -> list[str]:
+    """``--flag old -> new`` for each explicitly wanted value that differs from the recorded one."""
+    out = []
+    current = recorded.model_dump(mode="json")
+    given = model(**{**current, **wanted}).model_dump(mode="json")
+    for key in wanted:
+        if key in model.resumable or key not in current or current[key] == given[key]:
+            continue
+        old, new = current[key], given[key]
+        if isinstance(old, dict) and isinstance(new, dict):  # plugin options: one line per key
+            for sub in sorted(set(old) | set(new)):
+                if old.get(sub) != new.get(sub):
+                    out.append(f"{key}.{sub} {old.get(sub)!r} -> {new.get(sub)!r}")
+        else:
+            out.append(f"{model.flag(key)} {old!r} -> {new!r}")
+    return out
+
+
+def parse_counts(text: str, flag: str) -> dict[str, int]:
+    """``"covid=600,normal=400"`` -> counts per label."""
+    out: dict[str, int] = {}
+    for part in text.split(","):
+        label, sep, n = part.partition("=")
+        try:
+            value = int(n)
+        except ValueError:
+            value = -1
+        if not sep or not label.strip() or value < 0:
+            raise OptionsError(f"{flag} {text!r}: expected LABEL=N,..., e.g. covid=600,normal=400")
+        out[label.strip()] = value
+    return out

@@ -1,0 +1,236 @@
+"""One lifecycle for every kind of run: settings -> dry-run -> (torchrun) -> start or resume -> train.
+
+Commands and the experiment hand a :class:`Job` (what one kind of run does) and validated settings
+to :func:`execute`. Everything else happens here, the same way for every kind: which run
+``--resume`` continues, the resume policy (changed settings and changed data are refused, naming
+what changed), relaunching under torchrun, the one-process-per-run lock, clean-up of a run that
+failed before it held anything, and the recorded status (running, interrupted, failed, finished).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Generic, TypeVar
+
+import torch
+
+from cxraug.devices import pick_device
+from cxraug.errors import DataError, OptionsError, TrainingInterruptedError
+from cxraug.fileio import remove_orphan_temps
+from cxraug.interfaces import DistContext
+from cxraug.registry import Registry
+from cxraug.settings import Built, Settings, changed_settings
+from cxraug.training import distributed
+from cxraug.training.runs import DataRef, Run, RunRecord, RunStatus
+from cxraug.ui import console
+from cxraug.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+S = TypeVar("S", bound=Settings)
+R = TypeVar("R", bound=Run[Any])
+
+
+class Job(ABC, Generic[S, R]):
+    """What the lifecycle needs from one kind of run."""
+
+    run_type: ClassVar[type[Run[Any]]]
+    #: Settings that, given again with a new value, continue a finished run (a longer budget).
+    extends: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, workspace: Workspace, registry: Registry) -> None:
+        self.ws, self.registry = workspace, registry
+
+    @abstractmethod
+    def resolve(self, settings: S) -> S:
+        """Settings of a new run with every derived value filled in (dataset, labels, options)."""
+
+    @abstractmethod
+    def record(self, settings: S) -> tuple[str, RunRecord[Any]]:
+        """The folder label and the record of a new run."""
+
+    @abstractmethod
+    def data(self, settings: S) -> DataRef | None:
+        """The data the run would use now, with its fingerprint (None: it uses no dataset)."""
+
+    @abstractmethod
+    def train(self, run: R, settings: S, dist: DistContext, device: torch.device) -> dict[str, Any]:
+        """Do the work; returns fields recorded when the run finishes."""
+
+    def plan(self, settings: S, run: R | None) -> dict[str, Any]:
+        """What ``--dry-run`` prints."""
+        return {"settings": settings.model_dump(mode="json"), "run": str(run.path) if run else None}
+
+    def arch(self, settings: S) -> str | None:
+        return getattr(settings, "arch", None)
+
+    def adjust_resume(self, recorded: S, wanted: dict[str, Any]) -> dict[str, Any]:
+        """Resumable values as they apply to the recorded settings (e.g. one budget replaces another)."""
+        return wanted
+
+    def describe(self, run: R) -> list[str]:
+        """Lines for the command's output once the run finished."""
+        return [f"[green]done:[/] {run.path}"]
+
+    def create(self, settings: S) -> R:
+        label, record = self.record(settings)
+        return self.run_type.create(self.ws, label, record)  # type: ignore[return-value]
+
+
+@dataclass
+class Outcome(Generic[R]):
+    """What :func:`execute` did: a run (trained, or the one a dry-run would use) and notes."""
+
+    run: R | None = None
+    settings: Settings | None = None
+    plan: dict[str, Any] | None = None
+    result: dict[str, Any] = field(default_factory=dict)
+    exit_code: int = 0
+    note: str = ""
+    #: False in torchrun ranks other than 0 and in the process that launched torchrun.
+    report: bool = True
+
+
+def execute(
+    job: Job[S, R],
+    built: Built[S],
+    *,
+    resume: str | None = None,
+    dry_run: bool = False,
+    argv: list[str] | None = None,
+) -> Outcome[R]:
+    """The whole lifecycle of one run; ``argv`` (the command's arguments) allows a torchrun relaunch."""
+    run = find_resume_target(job, built, resume) if resume is not None else None
+    if run is not None:
+        settings = resume_settings(job, run, built)
+        if run.status is RunStatus.FINISHED and not _extends(job, run, settings):
+            budget = ", ".join(built.settings.flag(k) for k in sorted(job.extends)) or "nothing"
+            return Outcome(
+                run,
+                settings,
+                note=f"{run.path} already finished; pass a larger {budget} to continue it, or leave "
+                "out --resume to start a new run",
+            )
+    else:
+        settings = job.resolve(built.settings)
+    if dry_run:
+        return Outcome(run, settings, plan=job.plan(settings, run))
+    nproc = int(getattr(settings, "nproc", 1))
+    if nproc > 1 and not distributed.in_torchrun():
+        if argv is None:
+            raise OptionsError("--nproc > 1 is not available here; run the command itself with --nproc")
+        run = run or job.create(settings)
+        args = distributed.strip_flag(distributed.strip_flag(argv, "--nproc"), "--resume")
+        console.print(f"launching {nproc} processes (torchrun) for {run.path}", soft_wrap=True)
+        code = distributed.launch(nproc, [*args, "--resume", str(run.path)])
+        return Outcome(run, settings, exit_code=code, report=False)  # rank 0 reported
+    return run_job(job, settings, run)
+
+
+def run_job(job: Job[S, R], settings: S, run: R | None = None) -> Outcome[R]:
+    """Start (``run`` None) or continue a run in this process (or this torchrun rank)."""
+    dist_ctx, device = distributed.init_distributed(pick_device(getattr(settings, "device", "auto")))
+    fresh = run is None
+    lock = None
+    try:
+        if dist_ctx.is_main:
+            run = run or job.create(settings)
+            lock = run.lock()
+            lock.acquire()
+            remove_orphan_temps(run.path)  # temp files of writes a kill cut short
+            run.mark(RunStatus.RUNNING, config=settings)
+            console.print(f"run folder: {run.path}", soft_wrap=True)
+        path = distributed.broadcast_str(str(run.path) if run is not None else None)
+        run = run or job.run_type(Path(path or ""))  # type: ignore[assignment]
+        assert run is not None
+        try:
+            result = job.train(run, settings, dist_ctx, device)
+        except (TrainingInterruptedError, KeyboardInterrupt):
+            if dist_ctx.is_main:
+                run.mark(RunStatus.INTERRUPTED)
+            raise
+        except Exception as exc:
+            if dist_ctx.is_main:
+                _fail(run, fresh, exc)
+            raise
+        distributed.barrier()
+        if dist_ctx.is_main:
+            run.mark(RunStatus.FINISHED, **result)
+        return Outcome(run, settings, result=result, report=dist_ctx.is_main)
+    finally:
+        if lock is not None:
+            lock.release()
+        distributed.shutdown()
+
+
+def _fail(run: Run[Any], fresh: bool, exc: Exception) -> None:
+    """A run that failed before it held anything is removed; otherwise it is marked failed."""
+    if fresh and not run.has_progress():
+        shutil.rmtree(run.path, ignore_errors=True)
+        return
+    run.mark(RunStatus.FAILED, error=f"{type(exc).__name__}: {exc}"[:2000])
+
+
+def find_resume_target(job: Job[S, R], built: Built[S], resume: str) -> R | None:
+    """``--resume auto``: the latest running or interrupted run (of the named arch); else a path."""
+    run_type = job.run_type
+    if resume != "auto":
+        return run_type.resolve(job.ws, resume)  # type: ignore[return-value]
+    arch = built.explicit.get("arch")
+    found = run_type.latest_resumable(job.ws, arch)
+    if found is None and any(k in built.explicit for k in job.extends):
+        finished = [r for r in run_type.all(job.ws) if arch is None or r.record.arch == arch]
+        finished = [r for r in finished if r.status is RunStatus.FINISHED]
+        found = finished[-1] if finished else None  # a longer budget continues a finished run
+    if found is None:
+        console.print(
+            f"[yellow]--resume auto: no {run_type.kind} run to continue here; starting a new one.[/]"
+        )
+    return found  # type: ignore[return-value]
+
+
+def resume_settings(job: Job[S, R], run: R, built: Built[S]) -> S:
+    """The recorded settings with the resumable changes applied; refuses other changes and new data."""
+    recorded: S = run.settings
+    model = type(recorded)
+    if run.status is RunStatus.FAILED:
+        console.print(
+            f"[yellow]continuing {run.path}, which failed before: {run.record.error}[/]", soft_wrap=True
+        )
+    wanted = {k: v for k, v in built.explicit.items() if k in model.model_fields}
+    changed = changed_settings(recorded, wanted, model)
+    if changed:
+        free = ", ".join(model.flag(k) for k in sorted(model.resumable)) or "nothing"
+        raise OptionsError(
+            f"--resume continues {run.path} with the settings it recorded, and these differ: "
+            f"{'; '.join(changed)}. Drop them (on resume only {free} may change) or start a new run"
+        )
+    update = job.adjust_resume(recorded, {k: v for k, v in wanted.items() if k in model.resumable})
+    settings = model.model_validate({**recorded.model_dump(), **update})
+    check_data(job, run, settings)
+    return settings
+
+
+def check_data(job: Job[S, R], run: R, settings: S) -> None:
+    """Refuse to continue a run on data other than the data it was trained on."""
+    recorded = run.record.dataset
+    if recorded is None or not recorded.fingerprint:
+        return
+    now = job.data(settings)
+    if now is None or now.fingerprint == recorded.fingerprint:
+        return
+    raise DataError(
+        f"{run.path} was trained on dataset {recorded.name!r} ({recorded.rows} images, fingerprint "
+        f"{recorded.fingerprint[:12]}); {now.name!r} now holds {now.rows} images (fingerprint "
+        f"{now.fingerprint[:12]}): it was re-prepared, edited, or is another dataset. Resume only on "
+        "the data a run started with, or start a new run"
+    )
+
+
+def _extends(job: Job[S, R], run: R, settings: S) -> bool:
+    recorded = run.settings
+    return any(getattr(recorded, k) != getattr(settings, k) for k in job.extends)
