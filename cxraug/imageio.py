@@ -5,16 +5,22 @@ from __future__ import annotations
 import hashlib
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING, overload
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cxraug.fileio import file_sha256
 
+if TYPE_CHECKING:
+    import torch
+
 # Chest X-rays reach ~25 MP; Pillow's default bomb limit (89 MP) is kept, only raised a little.
 Image.MAX_IMAGE_PIXELS = 200_000_000
 
 RESIZE_MODES = ("pad", "crop")
+#: The one filter images are resized with (prepare, GAN and classifier batches, synthetic images).
+RESIZE_FILTER = "antialiased bilinear (triangle filter; PIL's BILINEAR, torch's bilinear with antialias=True)"
 
 
 class ImageReadError(Exception):
@@ -77,12 +83,11 @@ def read_gray(path: Path, target: int | None = None) -> np.ndarray:
             raise ImageReadError("empty file (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                if target and img.format == "JPEG":
-                    img.draft(img.mode if img.mode in ("L", "RGB") else None, (target, target))
-                img.load()
-                img = ImageOps.exif_transpose(img)
-                return _to_uint8_gray(img)
+            with Image.open(path) as opened:
+                if target and opened.format == "JPEG":
+                    opened.draft(opened.mode if opened.mode in ("L", "RGB") else None, (target, target))
+                opened.load()
+                return _to_uint8_gray(ImageOps.exif_transpose(opened))
     except ImageReadError:
         raise
     except UnidentifiedImageError:
@@ -93,17 +98,64 @@ def read_gray(path: Path, target: int | None = None) -> np.ndarray:
         raise ImageReadError(f"could not decode: {exc}") from None
 
 
+@overload
+def resize(x: np.ndarray, size: int | tuple[int, int]) -> np.ndarray: ...
+
+
+@overload
+def resize(x: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor: ...
+
+
+def resize(x: np.ndarray | torch.Tensor, size: int | tuple[int, int]) -> np.ndarray | torch.Tensor:
+    """Resize images to ``size`` (an int for a square, or (h, w)) with ``RESIZE_FILTER``.
+
+    Takes a (H, W) or (N, H, W) uint8 numpy array, or an (N, C, H, W) tensor, uint8 or floating
+    point, on any device; returns the same kind, dtype and device. uint8 results are rounded (half
+    to even) and clamped to 0-255; floats are neither. One implementation serves all of them:
+    ``F.interpolate(mode="bilinear", antialias=True, align_corners=False)`` in float32 (float64
+    stays float64), so arrays and CPU tensors give identical pixels. PIL's BILINEAR computes the
+    same filter in fixed point and rounds between its two passes: at most one grey level apart.
+    An input already of ``size`` is returned as it is.
+
+    Deliberately not used by the perceptual hashes (32x32 BOX thumbnails in ``perceptual_hash``
+    and ``cxraug.data.dedup``) or the FID/metric feature resizes (clean-fid's exact
+    preprocessing): those filters are part of their algorithms.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    h, w = (size, size) if isinstance(size, int) else size
+    if h < 1 or w < 1:
+        raise ValueError(f"resize: target size must be positive, got {size!r}")
+    if isinstance(x, np.ndarray):
+        if x.dtype != np.uint8 or x.ndim not in (2, 3):
+            raise ValueError(f"resize: expected a (H, W) or (N, H, W) uint8 array, got {x.dtype} {x.shape}")
+        if x.shape[-2:] == (h, w):
+            return x
+        # torch wants a writable buffer (decoded images are read-only views), though it writes nothing.
+        batch = torch.from_numpy(np.require(x, requirements=("C", "W"))).reshape(-1, 1, *x.shape[-2:])
+        return resize(batch, (h, w)).numpy().reshape(*x.shape[:-2], h, w)
+    if x.ndim != 4 or not (x.dtype == torch.uint8 or x.dtype.is_floating_point):
+        raise ValueError(
+            f"resize: expected an (N, C, H, W) uint8 or float tensor, got {x.dtype} {tuple(x.shape)}"
+        )
+    if tuple(x.shape[-2:]) == (h, w):
+        return x
+    work = x.double() if x.dtype == torch.float64 else x.float()
+    out = F.interpolate(work, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+    if x.dtype == torch.uint8:
+        return out.round_().clamp_(0, 255).to(torch.uint8)
+    return out.to(x.dtype)
+
+
 def fit_square(gray: np.ndarray, size: int, mode: str = "pad") -> np.ndarray:
-    """Resize keeping the aspect ratio, then pad with black ("pad") or centre-crop ("crop")."""
+    """``resize`` keeping the aspect ratio, then pad with black ("pad") or centre-crop ("crop")."""
     if mode not in RESIZE_MODES:
         raise ValueError(f"resize mode must be one of {RESIZE_MODES}, got {mode!r}")
     h, w = gray.shape
     scale = size / max(h, w) if mode == "pad" else size / min(h, w)
     new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
-    img = Image.fromarray(gray, "L")
-    if (new_w, new_h) != (w, h):
-        img = img.resize((new_w, new_h), Image.Resampling.LANCZOS, reducing_gap=3.0)
-    arr = np.asarray(img, dtype=np.uint8)
+    arr = resize(gray, (new_h, new_w))
     out = np.zeros((size, size), dtype=np.uint8)
     if mode == "pad":
         top, left = (size - new_h) // 2, (size - new_w) // 2

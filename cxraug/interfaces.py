@@ -3,6 +3,10 @@
 A plugin class sets ``name`` (lower-case, unique within its kind), a one-line ``description`` and an
 ``Options`` pydantic model (extra keys forbidden). The core builds the options from defaults, the
 ``--config`` TOML file and ``--opt key=value`` flags, then instantiates the class with them.
+
+Every interface is generic over its options model, so a plugin that declares
+``class MyGAN(GAN[MyGANOptions])`` (with ``Options = MyGANOptions``) reads ``self.options.nz`` fully
+typed; a plugin that subclasses the bare interface works as before, its options typed as Any.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, cast, get_args, get_origin
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -19,6 +23,10 @@ from pydantic import BaseModel, ConfigDict
 if TYPE_CHECKING:
     import torch
     from torch import nn
+
+    # Type-only: both import this module, and interfaces stays the lowest layer at run time.
+    from cxraug.registry import Registry
+    from cxraug.workspace import Workspace
 
 KINDS: tuple[str, ...] = ("dataset", "gan", "augmenter", "classifier", "metric")
 
@@ -33,16 +41,58 @@ class NoOptions(PluginOptions):
     """For plugins that take no options."""
 
 
-class Plugin:
-    """What all plugin classes share; ``kind`` is set by each interface below."""
+#: The options model of a plugin class; ``GAN[DCGANOptions]`` binds it.
+O = TypeVar("O", bound=PluginOptions)  # noqa: E741 - the conventional one-letter type parameter
+
+
+class Plugin(Generic[O]):
+    """What all plugin classes share; ``kind`` is set by each interface below.
+
+    ``Options`` is the model the core instantiates (from defaults, config file and flags); a class
+    that binds the type parameter and sets no ``Options`` gets the bound model as ``Options``, and
+    one whose ``Options`` does not match the parameter is rejected when it is defined.
+    """
 
     kind: ClassVar[str]
     name: ClassVar[str]
     description: ClassVar[str] = ""
     Options: ClassVar[type[PluginOptions]] = NoOptions
+    options: O
 
-    def __init__(self, options: PluginOptions | None = None) -> None:
-        self.options = options if options is not None else self.Options()
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        bound = _bound_options(cls)
+        if bound is None:
+            return
+        if "Options" not in cls.__dict__ and not issubclass(cls.Options, bound):
+            cls.Options = bound
+        elif not (isinstance(cls.Options, type) and issubclass(cls.Options, bound)):
+            raise TypeError(
+                f"{cls.__qualname__} is declared with options {bound.__name__} but sets "
+                f"Options = {getattr(cls.Options, '__name__', cls.Options)!r}; make Options that class "
+                "(or a subclass of it)"
+            )
+
+    def __init__(self, options: O | None = None) -> None:
+        if options is None:
+            # Options is a ClassVar, which cannot mention O; __init_subclass__ keeps the two in step.
+            options = cast(O, self.Options())
+        elif not isinstance(options, self.Options):
+            raise TypeError(
+                f"{type(self).__name__} expects {self.Options.__name__} options, got {type(options).__name__}"
+            )
+        self.options = options
+
+
+def _bound_options(cls: type) -> type[PluginOptions] | None:
+    """The options model a class binds in its bases (``GAN[DCGANOptions]``), if any."""
+    for base in cls.__dict__.get("__orig_bases__", ()):
+        origin = get_origin(base)
+        if isinstance(origin, type) and issubclass(origin, Plugin):
+            for arg in get_args(base):
+                if isinstance(arg, type) and issubclass(arg, PluginOptions):
+                    return arg
+    return None
 
 
 # --------------------------------------------------------------------------------------- datasets
@@ -69,7 +119,7 @@ class Record:
     extra: dict[str, str] = field(default_factory=dict)
 
 
-class DatasetAdapter(Plugin, ABC):
+class DatasetAdapter(Plugin[O], ABC):
     """Reads one public chest X-ray collection in the layout users download it in."""
 
     kind: ClassVar[str] = "dataset"
@@ -77,6 +127,9 @@ class DatasetAdapter(Plugin, ABC):
     needs_root: ClassVar[bool] = True
     #: True when the images are not real X-rays (the phantom demo); shown wherever data is listed.
     synthetic: ClassVar[bool] = False
+    #: True for the adapter the core prepares, with default options and no root, when a command
+    #: finds no prepared dataset (``Registry.demo_dataset``); such an adapter sets needs_root = False.
+    demo: ClassVar[bool] = False
 
     @abstractmethod
     def records(self, root: Path | None) -> Iterable[Record]:
@@ -123,7 +176,7 @@ class GANSpec:
         return len(self.labels)
 
 
-class GAN(Plugin, ABC):
+class GAN(Plugin[O], ABC):
     """A GAN architecture: networks, optimizers and one training step; the engine owns the rest.
 
     ``conditional`` GANs model every label with one network. For the others the engine trains one
@@ -137,7 +190,7 @@ class GAN(Plugin, ABC):
     #: --epochs/--kimg: sized to finish in a few minutes on a laptop CPU at the demo's 64 px.
     default_kimg: ClassVar[float] = 5.0
 
-    def __init__(self, options: PluginOptions | None, spec: GANSpec) -> None:
+    def __init__(self, options: O | None, spec: GANSpec) -> None:
         super().__init__(options)
         self.spec = spec
 
@@ -192,6 +245,20 @@ class AugmentedImage:
     provenance: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class AugmentServices:
+    """What the core lends an augmenter; None means "not available here"."""
+
+    #: The workspace runs are looked up in (by name, or the latest).
+    workspace: Workspace | None = None
+    #: The plugin registry, to rebuild the GAN or classifier a run was trained with.
+    registry: Registry | None = None
+    #: The torch device string to compute on ("cpu", "cuda", "cuda:1", "mps").
+    device: str = "cpu"
+    #: The GAN run folder the core chose for augmenters with ``uses_gan_run``; None: they choose.
+    gan_run: Path | None = None
+
+
 @dataclass
 class AugmentRequest:
     """What an augmenter is asked for: ``counts[label]`` new images from the real training set."""
@@ -201,27 +268,38 @@ class AugmentRequest:
     counts: dict[str, int]  # new images wanted per label
     seed: int
     size: int
-    #: Services from the core: ``workspace`` (cxraug.workspace.Workspace), ``registry``
-    #: (cxraug.registry.Registry), ``device`` (str); absent keys mean "not available".
-    context: dict[str, Any] = field(default_factory=dict)
+    services: AugmentServices = field(default_factory=AugmentServices)
 
 
-class Augmenter(Plugin, ABC):
+class Augmenter(Plugin[O], ABC):
     """Makes new training images for a label (classic transforms, a GAN, ...)."""
 
     kind: ClassVar[str] = "augmenter"
     #: The manifest ``origin`` of the images it makes.
     origin: ClassVar[str] = "augmented"
+    #: True when it generates from a trained GAN run: the core then hands the run it chose as
+    #: ``request.services.gan_run`` (an explicit run in the augmenter's own options still wins).
+    uses_gan_run: ClassVar[bool] = False
 
     @abstractmethod
     def augment(self, request: AugmentRequest) -> Iterator[AugmentedImage]:
         """Yield exactly ``request.counts[label]`` images per label, deterministic by seed."""
 
+    def online_transform(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The per-batch form used during classifier training, or None when there is none (default).
+
+        The callable takes a (B, 1, S, S) float tensor in [0, 1] and returns one of the same shape,
+        dtype and device, values still in [0, 1], transforming each image independently (its own
+        random draw, never one draw for the batch). Randomness comes from torch's global generator,
+        which the training engine seeds.
+        """
+        return None
+
 
 # -------------------------------------------------------------------------------------- classifiers
 
 
-class Classifier(Plugin, ABC):
+class Classifier(Plugin[O], ABC):
     """An image classifier architecture that the training engine fits on a prepared dataset."""
 
     kind: ClassVar[str] = "classifier"
@@ -249,6 +327,43 @@ class Classifier(Plugin, ABC):
 # ------------------------------------------------------------------------------------------ metrics
 
 
+class FeatureFn(Protocol):
+    """Image features: (N, S, S) uint8 images -> (N, D) float array, one row per image.
+
+    ``role`` says which image set it is ("real", "train", "generated"; real sets may be cached on
+    disk), ``mode`` the resizing ("clean", "legacy_tensorflow", "legacy_pytorch") and
+    ``batch_size`` overrides the extractor's default.
+    """
+
+    def __call__(
+        self,
+        images: np.ndarray,
+        role: str = "generated",
+        mode: str = "clean",
+        batch_size: int | None = None,
+    ) -> np.ndarray: ...
+
+
+@dataclass
+class MetricServices:
+    """What the core lends a metric; None means "not available here".
+
+    Use ``cxraug.metrics.features.features_service(services)`` for features: it returns
+    ``features`` or builds (and stores there) an Inception extractor from the other fields.
+    """
+
+    #: The shared, cached feature extractor (so several metrics featurise each image set once).
+    features: FeatureFn | None = None
+    #: Folder of the on-disk feature cache for a built extractor; None: no disk cache.
+    feature_cache: Path | None = None
+    #: Local Inception weights for a built extractor; None: $CXRAUG_INCEPTION_WEIGHTS or a download.
+    inception_weights: Path | None = None
+    #: The torch device string to compute on.
+    device: str = "cpu"
+    #: (N, S, S) uint8 real images the GAN never saw (the evaluated split), for memorisation.
+    holdout: np.ndarray | None = None
+
+
 @dataclass
 class MetricInputs:
     """What a metric may use; a metric lists the fields it needs in ``requires``.
@@ -256,8 +371,8 @@ class MetricInputs:
     Images are (N, S, S) uint8 arrays; ``real`` is the evaluated real split, ``train`` the real
     training split (for memorisation), ``generated`` the synthetic images; ``*_labels`` give the
     label of each image. ``y_true``/``y_score`` are a classifier's test-split targets and class
-    probabilities. ``context`` carries core services (``features``: a cached feature extractor,
-    ``device``, ``options``) and ``out_dir`` is where a metric may write figures.
+    probabilities. ``services`` carries what the core lends (features, device, holdout images) and
+    ``out_dir`` is where a metric may write figures.
     """
 
     real: np.ndarray | None = None
@@ -269,7 +384,7 @@ class MetricInputs:
     y_score: np.ndarray | None = None
     labels: list[str] = field(default_factory=list)
     out_dir: Path | None = None
-    context: dict[str, Any] = field(default_factory=dict)
+    services: MetricServices = field(default_factory=MetricServices)
 
 
 @dataclass
@@ -281,7 +396,7 @@ class MetricResult:
     tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
-class Metric(Plugin, ABC):
+class Metric(Plugin[O], ABC):
     """A number (or several) describing generated images or a classifier."""
 
     kind: ClassVar[str] = "metric"

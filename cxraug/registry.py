@@ -5,11 +5,23 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass
+from typing import cast
 
 from cxraug.errors import PluginError
-from cxraug.interfaces import INTERFACES, KINDS, Plugin
+from cxraug.interfaces import (
+    GAN,
+    INTERFACES,
+    KINDS,
+    Augmenter,
+    Classifier,
+    DatasetAdapter,
+    Metric,
+    Plugin,
+)
 
 _NAME = re.compile(r"^[a-z][a-z0-9_\-]*$")
+#: The distribution of the built-in plugins (preferred when several could serve, e.g. the demo).
+_CORE_PACKAGE = "cxraug"
 
 
 @dataclass
@@ -58,6 +70,13 @@ class Registry:
                 "error",
                 f"class {cls.__name__} needs a lower-case `name` (letters, digits, - and _)",
             )
+        if issubclass(cls, DatasetAdapter) and cls.demo and cls.needs_root:
+            return self._problem(
+                entry,
+                "error",
+                f"dataset {name!r} sets demo = True but needs a --root; a demo adapter must set "
+                "needs_root = False (the core prepares it without one)",
+            )
         entry.cls = cls
         entry.description = (cls.description or (cls.__doc__ or "").strip()).split("\n")[0]
         existing = self._entries[kind].get(name)
@@ -92,6 +111,44 @@ class Registry:
                 "`cxraug plugins list` shows every plugin and why any failed to load."
             )
         return entry.cls
+
+    # The typed getters cast: add() only accepts subclasses of the kind's interface (INTERFACES).
+
+    def dataset(self, name: str) -> type[DatasetAdapter]:
+        """The dataset adapter class registered as ``name`` (errors as ``get``)."""
+        return cast("type[DatasetAdapter]", self.get("dataset", name))
+
+    def gan(self, name: str) -> type[GAN]:
+        """The GAN class registered as ``name`` (errors as ``get``)."""
+        return cast("type[GAN]", self.get("gan", name))
+
+    def augmenter(self, name: str) -> type[Augmenter]:
+        """The augmenter class registered as ``name`` (errors as ``get``)."""
+        return cast("type[Augmenter]", self.get("augmenter", name))
+
+    def classifier(self, name: str) -> type[Classifier]:
+        """The classifier class registered as ``name`` (errors as ``get``)."""
+        return cast("type[Classifier]", self.get("classifier", name))
+
+    def metric(self, name: str) -> type[Metric]:
+        """The metric class registered as ``name`` (errors as ``get``)."""
+        return cast("type[Metric]", self.get("metric", name))
+
+    def demo_dataset(self) -> type[DatasetAdapter]:
+        """The adapter with ``demo = True``: the built-in one when several are, else the first by name."""
+        demos = [
+            entry
+            for entry in self._entries["dataset"].values()
+            if entry.cls is not None and issubclass(entry.cls, DatasetAdapter) and entry.cls.demo
+        ]
+        if not demos:
+            raise PluginError(
+                "no demo dataset adapter is installed (a dataset plugin with demo = True, like the "
+                "built-in 'phantom'); prepare a dataset with `cxraug data prepare ADAPTER --root PATH`, "
+                "and see `cxraug plugins list --kind dataset` for plugins that failed to load"
+            )
+        first = min(demos, key=lambda entry: (entry.package != _CORE_PACKAGE, entry.name))
+        return self.dataset(first.name)
 
     def entries(self, kind: str | None = None) -> list[PluginEntry]:
         """Every row, problems included, in kind then name order."""

@@ -125,7 +125,12 @@ def changed_settings(recorded: Settings, wanted: Mapping[str, Any], model: type[
     """``--flag old -> new`` for each explicitly wanted value that differs from the recorded one."""
     out = []
     current = recorded.model_dump(mode="json")
-    given = model(**{**current, **wanted}).model_dump(mode="json")
+    # a dict (plugin options) given again names only some keys: the others keep their recorded values
+    merged = {
+        k: {**current[k], **v} if isinstance(v, dict) and isinstance(current.get(k), dict) else v
+        for k, v in wanted.items()
+    }
+    given = model(**{**current, **merged}).model_dump(mode="json")
     for key in wanted:
         if key in model.resumable or key not in current or current[key] == given[key]:
             continue

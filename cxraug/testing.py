@@ -66,6 +66,7 @@ def check_dataset_adapter(adapter: DatasetAdapter, root: Path | None) -> list[Re
         else:
             assert Path(rec.image).is_file(), f"{adapter.name}: {rec.image} does not exist"
     assert all(isinstance(n, str) for n in adapter.notes())
+    assert not (adapter.demo and adapter.needs_root), f"{adapter.name}: a demo adapter must not need a root"
     if adapter.needs_root:
         missing = Path(os.devnull).parent / "cxraug-no-such-folder"
         with pytest.raises(DataError):
@@ -212,6 +213,88 @@ def check_gan_plugin(
     return gan
 
 
+def check_augmenter_plugin(
+    cls: type[Any],
+    *,
+    options: Any = None,
+    services: Any = None,
+    size: int = 16,
+    counts: dict[str, int] | None = None,
+    images_per_label: int = 3,
+) -> list[Any]:
+    """Contract check for an Augmenter on the CPU; returns the images it made.
+
+    Asks for ``counts`` (default: 4 covid, 1 normal, 0 pneumonia) from a small random real training
+    set and checks the exact counts, (size, size) uint8 images, the origin, string provenance and
+    determinism by seed. ``services`` (an AugmentServices) is what the augmenter gets; one with
+    ``uses_gan_run`` needs a ``workspace`` or ``gan_run`` there. When ``online_transform()`` is not
+    None, checks its tensor contract on a (B, 1, size, size) batch: same shape and dtype, values in
+    [0, 1], input left unchanged.
+    """
+    from collections import Counter
+
+    import torch
+
+    from cxraug.interfaces import AugmentedImage, Augmenter, AugmentRequest, AugmentServices, PluginOptions
+
+    name = getattr(cls, "name", cls.__name__)
+    assert isinstance(cls, type) and issubclass(cls, Augmenter), f"{name} is not an Augmenter subclass"
+    assert isinstance(cls.name, str) and cls.name == cls.name.lower(), f"{name}: name must be lower-case"
+    assert issubclass(cls.Options, PluginOptions), f"{name}: Options must subclass PluginOptions"
+    assert isinstance(cls.uses_gan_run, bool), f"{name}: uses_gan_run must be a bool"
+    if options is None or isinstance(options, dict):
+        options = cls.Options(**(options or {}))
+    wanted = dict(counts) if counts is not None else {"covid": 4, "normal": 1, "pneumonia": 0}
+    labels = [label for label in wanted for _ in range(images_per_label)]
+    images = np.random.default_rng(0).integers(0, 256, (len(labels), size, size), dtype=np.uint8)
+    images.setflags(write=False)  # the core may hand over a read-only memory map
+
+    def run(seed: int) -> list[AugmentedImage]:
+        request = AugmentRequest(
+            images=images,
+            labels=labels,
+            counts=dict(wanted),
+            seed=seed,
+            size=size,
+            services=services if services is not None else AugmentServices(),
+        )
+        return list(cls(options).augment(request))
+
+    made = run(0)
+    got = Counter(item.label for item in made)
+    assert got == Counter({k: v for k, v in wanted.items() if v > 0}), f"{name}: asked {wanted}, made {got}"
+    for item in made:
+        assert isinstance(item, AugmentedImage), f"{name} yielded {type(item).__name__}, not AugmentedImage"
+        image = np.asarray(item.image)
+        assert image.shape == (size, size) and image.dtype == np.uint8, (
+            f"{name}: images must be ({size}, {size}) uint8, got {image.dtype} {image.shape}"
+        )
+        assert item.origin == cls.origin, f"{name}: origin {item.origin!r}, class says {cls.origin!r}"
+        assert all(isinstance(k, str) and isinstance(v, str) for k, v in item.provenance.items()), (
+            f"{name}: provenance must map str to str, got {item.provenance!r}"
+        )
+    again = run(0)
+    assert len(again) == len(made) and all(
+        a.label == b.label and np.array_equal(a.image, b.image) for a, b in zip(made, again, strict=True)
+    ), f"{name}: the same request and seed gave other images"
+
+    online = cls(options).online_transform()
+    if online is not None:
+        x = torch.rand(4, 1, size, size, generator=torch.Generator().manual_seed(0))
+        before = x.clone()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            y = online(x)
+        assert isinstance(y, torch.Tensor) and y.shape == x.shape and y.dtype == x.dtype, (
+            f"{name}.online_transform: (4, 1, {size}, {size}) float32 in, got {getattr(y, 'shape', y)} out"
+        )
+        assert float(y.min()) >= -1e-6 and float(y.max()) <= 1 + 1e-6, (
+            f"{name}.online_transform: values in [{float(y.min()):.3f}, {float(y.max()):.3f}], not [0, 1]"
+        )
+        assert torch.equal(x, before), f"{name}.online_transform modified its input batch"
+    return made
+
+
 def check_classifier_plugin(
     cls: type[Any], *, options: Any = None, num_classes: int = 3, batch: int = 2, steps: int = 1
 ) -> Any:
@@ -258,7 +341,9 @@ def check_classifier_plugin(
 def check_metric_plugin(cls: type[Any], inputs: Any, *, options: Any = None) -> Any:
     """Contract check for a Metric: needs only what it declares, returns finite named values.
 
-    ``inputs`` is a cxraug.interfaces.MetricInputs holding at least the fields ``cls.requires`` names.
+    ``inputs`` is a cxraug.interfaces.MetricInputs holding at least the fields ``cls.requires`` names;
+    its ``services`` lend what the core would (e.g. ``MetricServices(features=...)`` with a cheap
+    feature function, so no Inception weights are needed).
     """
     import math
 

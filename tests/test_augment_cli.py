@@ -75,6 +75,8 @@ def test_synthetic_and_classic_counts_origins_and_untouched_splits(cxraug_cli, g
     assert all(r["split"] == "train" for r in new)
     synth = [json.loads(r["provenance"]) for r in new if r["origin"] == "synthetic"]
     assert all("gan_run" in p and "checkpoint_sha256" in p and p["seed"] for p in synth)
+    steps = {step["augmenter"]: step for step in info["augment"]["steps"]}
+    assert steps["synthetic"]["gan_run"] == synth[0]["gan_run"] and "gan_run" not in steps["classic"]
     classic = [r for r in new if r["origin"] == "classic"]
     src_patients = {r["patient_id"] for r in _rows(src, "train")}
     assert all(r["patient_id"] in src_patients for r in classic), "classic images keep their patient"

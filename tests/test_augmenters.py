@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from cxraug.errors import CxrError, DataError, OptionsError
-from cxraug.interfaces import Augmenter, AugmentRequest
+from cxraug.interfaces import Augmenter, AugmentRequest, AugmentServices
 from cxraug.plugins import build_registry, get_plugin_manager
 from cxraug.plugins.augmenters import classic, synthetic
 from cxraug.plugins.augmenters.classic import ClassicAugmenter, ClassicOptions, build_transform
@@ -174,12 +174,14 @@ def gan_workspace(tmp_path_factory) -> Workspace:
     return ws
 
 
-def _context(ws: Workspace) -> dict:
-    return {"workspace": ws, "registry": build_registry(get_plugin_manager()), "device": "cpu"}
+def _services(ws: Workspace | None, gan_run: Path | None = None) -> AugmentServices:
+    return AugmentServices(
+        workspace=ws, registry=build_registry(get_plugin_manager()), device="cpu", gan_run=gan_run
+    )
 
 
 def _synthetic_request(ws: Workspace, counts: dict[str, int], seed: int = 0) -> AugmentRequest:
-    return _request(counts, seed=seed, context=_context(ws))
+    return _request(counts, seed=seed, services=_services(ws))
 
 
 def test_synthetic_counts_provenance_and_determinism(gan_workspace):
@@ -203,6 +205,30 @@ def test_synthetic_counts_provenance_and_determinism(gan_workspace):
     assert not np.array_equal(other[0].image, out[0].image)
 
 
+def test_synthetic_takes_the_run_the_core_hands_over(gan_workspace):
+    run = sorted((gan_workspace.runs_dir / "gan").iterdir())[-1]
+    assert SyntheticAugmenter.uses_gan_run and not ClassicAugmenter.uses_gan_run
+    handed = _request({"covid": 2}, services=_services(None, gan_run=run))
+    out = list(SyntheticAugmenter().augment(handed))
+    assert [Path(o.provenance["gan_run"]) for o in out] == [run, run]
+    with pytest.raises(OptionsError, match="no workspace to look up the gan run"):
+        list(SyntheticAugmenter().augment(_request({"covid": 1}, services=_services(None))))
+    # an explicit run in the options wins over the one handed over
+    explicit = _request({"covid": 1}, services=_services(gan_workspace, gan_run=run / "no-such-run"))
+    assert len(list(SyntheticAugmenter(SyntheticOptions(run=run.name)).augment(explicit))) == 1
+
+
+def test_synthetic_passes_the_contract_with_a_handed_run(gan_workspace):
+    from cxraug.testing import check_augmenter_plugin
+
+    run = sorted((gan_workspace.runs_dir / "gan").iterdir())[-1]
+    made = check_augmenter_plugin(
+        SyntheticAugmenter, services=_services(None, gan_run=run), counts={"covid": 2, "normal": 1}
+    )
+    assert len(made) == 3
+    assert SyntheticAugmenter().online_transform() is None, "no per-batch form"
+
+
 def test_synthetic_unknown_label_and_run(gan_workspace):
     with pytest.raises(OptionsError, match="does not generate 'flu'; it generates covid, normal"):
         list(SyntheticAugmenter().augment(_synthetic_request(gan_workspace, {"covid": 1, "flu": 2})))
@@ -214,8 +240,8 @@ def _even_scorer(calls: list[int]):
     """A stand-in classifier: confident exactly on the even-numbered candidates of each label."""
     seen: Counter[str] = Counter()
 
-    def make(filter_run, context, labels):
-        assert filter_run == "ref" and context["device"] == "cpu"
+    def make(filter_run, services, labels):
+        assert filter_run == "ref" and services.device == "cpu"
 
         def score(images, label):
             calls.append(len(images))
@@ -261,8 +287,8 @@ def test_synthetic_scorer_uses_the_classifier_api(gan_workspace, monkeypatch):
     run = gan_workspace.runs_dir / "classifier" / "ref"
     run.mkdir(parents=True, exist_ok=True)
     (run / "options.json").write_text("{}")
-    context = _context(gan_workspace)
-    score = synthetic._scorer("ref", context, ["covid"])
+    services = _services(gan_workspace)
+    score = synthetic._scorer("ref", services, ["covid"])
     assert score(np.zeros((2, S, S), np.uint8), "covid").tolist() == [0.7, 0.2]
     with pytest.raises(OptionsError, match="does not predict 'flu'; it predicts normal, covid"):
-        synthetic._scorer("ref", context, ["covid", "flu"])
+        synthetic._scorer("ref", services, ["covid", "flu"])

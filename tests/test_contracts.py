@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cxraug.interfaces import MetricInputs
+from cxraug.interfaces import MetricInputs, MetricServices
 from cxraug.metrics.features import CallableExtractor, FeatureService
 from cxraug.plugins import build_registry, get_plugin_manager
 from cxraug.testing import (
+    check_augmenter_plugin,
     check_classifier_plugin,
     check_dataset_adapter,
     check_gan_plugin,
@@ -27,20 +28,26 @@ TINY_GAN = {
 
 @pytest.mark.parametrize("name", sorted(TINY_GAN))
 def test_builtin_gans_pass_the_contract(name: str) -> None:
-    cls = REGISTRY.get("gan", name)
+    cls = REGISTRY.gan(name)
     check_gan_plugin(cls, image_size=32 if name == "stylegan2" else 16, options=cls.Options(**TINY_GAN[name]))
 
 
 def test_builtin_classifier_passes_the_contract() -> None:
     # the ImageNet models are exercised end to end in test_train_classifier.py; this is the fast one
-    cls = REGISTRY.get("classifier", "cnn")
+    cls = REGISTRY.classifier("cnn")
     check_classifier_plugin(cls, options=cls.Options(input_size=32, width=4))
 
 
+def test_builtin_classic_augmenter_passes_the_contract() -> None:
+    # synthetic needs a GAN run: test_augmenters.py checks it against a trained one
+    made = check_augmenter_plugin(REGISTRY.augmenter("classic"), options={"rotation": 5})
+    assert len(made) == 5
+
+
 def test_builtin_datasets_pass_the_contract(shared_data) -> None:
-    phantom = REGISTRY.get("dataset", "phantom")
+    phantom = REGISTRY.dataset("phantom")
     check_dataset_adapter(phantom(phantom.Options(n_per_class=3, size=16)), None)
-    medmnist = REGISTRY.get("dataset", "medmnist")
+    medmnist = REGISTRY.dataset("medmnist")
     records = check_dataset_adapter(
         medmnist(medmnist.Options(download=False)), shared_data / "pneumoniamnist.npz"
     )
@@ -72,9 +79,9 @@ def test_builtin_metrics_pass_the_contract(tmp_path) -> None:
         y_score=y_score,
         labels=["covid", "normal"],
         out_dir=tmp_path,
-        context={"features": service, "holdout": gen},
+        services=MetricServices(features=service, holdout=gen),
     )
     for name in ("fid", "kid", "prdc", "memorization", "roc"):
-        cls = REGISTRY.get("metric", name)
+        cls = REGISTRY.metric(name)
         options = cls.Options(k=3) if name == "prdc" else None
         check_metric_plugin(cls, inputs, options=options)

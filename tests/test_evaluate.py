@@ -143,7 +143,7 @@ def test_fid_agrees_with_cleanfid_and_real_stats_are_cached(trained, tmp_path) -
     ds = PreparedDataset(trained.dataset_dir("d"))
     calls: list[int] = []
     fn = _pooled_extractor(calls)
-    cls = registry.get("metric", "fid")
+    cls = registry.metric("fid")
     req = EvalRequest(
         metrics={"fid": resolve_options(cls.Options, plugin="fid")},
         dataset=ds,

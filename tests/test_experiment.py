@@ -74,6 +74,9 @@ def test_experiment_end_to_end(cxraug_cli, cxraug_workspace, tiny_data, standin_
     assert "fid" in results["gan_quality"] and "kid" in results["gan_quality"]
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 2 and "Against base" in html
+    # the gan arm's augmenter got the experiment's GAN run from the core
+    gan_arm = json.loads((cxraug_workspace.dataset_dir(state["datasets"]["gan"]) / "info.json").read_text())
+    assert [step.get("gan_run") for step in gan_arm["augment"]["steps"]] == [state["gan_run"]]
     # every arm was evaluated on the same real test split; augmented images only in training
     for arm in ("classic", "gan"):
         ds_name = state["datasets"][arm]

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from cxraug.imageio import (
@@ -14,7 +16,13 @@ from cxraug.imageio import (
     fit_square,
     perceptual_hash,
     read_gray,
+    resize,
 )
+
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")),
+]
 
 # file -> (real format, mode, size) as documented in shared/data/README.md
 REAL = {
@@ -103,3 +111,52 @@ def test_perceptual_hash_is_stable_under_reencoding(shared_data: Path, tmp_path:
     assert bin(h1 ^ h2).count("1") <= 4
     other, _, h3 = decode_source(shared_data / "cxr-samples" / "054.jpeg", 128, "pad")
     assert perceptual_hash(img) == h1 and h3 != h1
+
+
+@pytest.mark.parametrize("target", [(20, 31), (90, 41), 37])
+def test_resize_numpy_and_torch_agree_exactly_for_uint8(target: int | tuple[int, int]) -> None:
+    batch = np.random.default_rng(0).integers(0, 256, (3, 45, 53), dtype=np.uint8)
+    from_numpy = resize(batch, target)
+    from_torch = resize(torch.from_numpy(batch)[:, None], target)
+    assert from_numpy.dtype == np.uint8 and from_torch.dtype == torch.uint8
+    assert np.array_equal(from_torch[:, 0].numpy(), from_numpy)
+    assert np.array_equal(resize(batch[1], target), from_numpy[1])  # a single 2-D image alike
+
+
+def test_resize_to_a_non_square_target() -> None:
+    gray = np.zeros((60, 90), np.uint8)
+    gray[:, 45:] = 200
+    out = resize(gray, (25, 70))
+    assert out.shape == (25, 70) and out.dtype == np.uint8
+    # Columns of a vertical edge stay identical; far from the edge the values survive exactly.
+    assert (out == out[0]).all() and out[:, :30].max() == 0 and out[:, 40:].min() == 200
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_resize_float_tensor_stays_float_on_its_device(device: str, dtype: torch.dtype) -> None:
+    x = torch.linspace(-1.0, 1.0, 2 * 3 * 16 * 24, dtype=dtype, device=device).reshape(2, 3, 16, 24)
+    out = resize(x, (10, 7))
+    assert out.shape == (2, 3, 10, 7) and out.dtype == dtype and out.device == x.device
+    expected = F.interpolate(x, size=(10, 7), mode="bilinear", antialias=True, align_corners=False)
+    assert torch.equal(out, expected)  # not rounded, not clamped
+    assert not torch.equal(out, out.round())
+
+
+def test_resize_matches_pil_bilinear_on_a_real_xray(shared_data: Path) -> None:
+    # Same filter; PIL rounds to 8 bits between its horizontal and vertical passes, resize does not.
+    gray = read_gray(shared_data / "cxr-samples" / "766p.jpg")
+    for h, w in [(256, 256), (200, 131), (97, 300), (2000, 1950)]:
+        pil = np.asarray(Image.fromarray(gray).resize((w, h), Image.Resampling.BILINEAR))
+        diff = np.abs(resize(gray, (h, w)).astype(int) - pil.astype(int))
+        assert diff.max() <= 1, (h, w)
+        assert (diff > 0).mean() < 0.1, (h, w)
+
+
+def test_resize_rejects_what_it_cannot_resize() -> None:
+    with pytest.raises(ValueError, match="uint8 array"):
+        resize(np.zeros((4, 4), np.float32), 2)
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        resize(torch.zeros(4, 4), 2)
+    with pytest.raises(ValueError, match="positive"):
+        resize(np.zeros((4, 4), np.uint8), (0, 3))

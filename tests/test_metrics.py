@@ -11,7 +11,8 @@ from PIL import Image
 from scipy import linalg
 from sklearn import metrics as skm
 
-from cxraug.interfaces import Metric, MetricInputs
+from cxraug.errors import CxrError
+from cxraug.interfaces import Metric, MetricInputs, MetricServices
 from cxraug.metrics import classification as cls
 from cxraug.metrics import generative as gen
 from cxraug.plugins.metrics import fid as fid_plugin
@@ -328,7 +329,7 @@ def _gan_inputs(tmp_path: Path) -> MetricInputs:
         generated_labels=labels,
         labels=["normal", "covid"],
         out_dir=tmp_path,
-        context={"features": _pooled},
+        services=MetricServices(features=_pooled),
     )
 
 
@@ -361,6 +362,11 @@ def test_memorization_plugin(tmp_path: Path) -> None:
     assert rows[0]["looks_copied"] and rows[1]["looks_copied"] and rows[0]["distance"] == 0.0
     res = mem_plugin.Memorization(mem_plugin.MemorizationOptions(reference="train")).compute(inputs)
     assert res.tables["summary"][0]["reference"] == "train" and res.values["copied_fraction"] >= 2 / 24
+    # the held-out reference comes from services.holdout; the training images themselves are none
+    inputs.services.holdout = inputs.train
+    pixel_holdout = mem_plugin.MemorizationOptions(space="pixel", pixel_size=16, reference="holdout")
+    with pytest.raises(CxrError, match="reference=holdout"):
+        mem_plugin.Memorization(pixel_holdout).compute(inputs)
 
 
 def test_roc_plugin(tmp_path: Path) -> None:

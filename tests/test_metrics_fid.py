@@ -17,6 +17,7 @@ from PIL import Image
 from torch import nn
 
 from cxraug.errors import CxrError
+from cxraug.interfaces import MetricServices
 from cxraug.metrics import features as F
 from cxraug.metrics.generative import fid
 
@@ -144,8 +145,17 @@ def test_feature_service_memoises_and_caches_real_roles(tmp_path: Path) -> None:
     fresh = F.FeatureService(cache=F.FeatureCache(tmp_path), extractor_factory=lambda mode: ext)
     fresh(real, "real")
     assert ext.calls == 2
-    context: dict = {"features": service}
-    assert F.features_from_context(context) is service
+    assert F.features_service(MetricServices(features=service)) is service
+
+
+def test_features_service_builds_one_from_the_services_and_keeps_it(tmp_path: Path) -> None:
+    services = MetricServices(feature_cache=tmp_path / "cache", inception_weights=tmp_path / "w.pt")
+    built = F.features_service(services)
+    assert isinstance(built, F.FeatureService) and services.features is built
+    assert F.features_service(services) is built, "the next metric reuses the built service"
+    assert built.cache is not None and built.cache.root == tmp_path / "cache"
+    assert built.weights == tmp_path / "w.pt" and built.device == "cpu"
+    assert F.features_service(MetricServices()).cache is None
 
 
 def test_offline_inception_without_weights_raises(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,18 +7,20 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pluggy
 import pytest
 
 from cxraug import hookimpl, hookspecs
 from cxraug.errors import PluginError
-from cxraug.interfaces import DatasetAdapter, NoOptions, Record
+from cxraug.interfaces import GAN, Augmenter, DatasetAdapter, GANSpec, NoOptions, PluginOptions, Record
 from cxraug.plugins import (
     BUILTIN_PLUGINS,
     REGISTER_HOOKS,
     build_registry,
     get_plugin_manager,
 )
+from cxraug.registry import Registry
 
 
 def _install_fake_distribution(site: Path, dist: str, module: str, source: str, ep_name: str) -> None:
@@ -77,21 +79,21 @@ def test_builtins_registered_like_third_party() -> None:
     datasets = registry.names("dataset")
     for name in ("covidx", "cohen", "radiography", "kermany", "medmnist", "imagefolder", "phantom"):
         assert name in datasets
-        assert registry.get("dataset", name).name == name
+        assert registry.dataset(name).name == name
     assert all(e.status == "ok" for e in registry.entries())
 
 
 def test_entry_point_plugin_loads_and_conflict_is_reported(site: Path) -> None:
     _install_fake_distribution(site, "cxraug-tiny", "fake_cxr_good", GOOD_PLUGIN, "tiny")
     registry = build_registry(get_plugin_manager())
-    assert registry.get("dataset", "tiny").description == "two black squares"
+    assert registry.dataset("tiny").description == "two black squares"
     tiny = next(e for e in registry.entries("dataset") if e.name == "tiny")
     assert (tiny.package, tiny.version, tiny.status) == ("cxraug-tiny", "1.2.3", "ok")
     clash = [e for e in registry.entries("dataset") if e.status == "conflict"]
     assert len(clash) == 1 and clash[0].package == "cxraug-tiny"
     assert "already registered by cxraug" in clash[0].reason
     # the built-in keeps its name
-    assert registry.get("dataset", "phantom").__module__ == "cxraug.plugins.datasets.phantom"
+    assert registry.dataset("phantom").__module__ == "cxraug.plugins.datasets.phantom"
 
 
 def test_disable_env_skips_entry_points(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -236,7 +238,7 @@ def test_registry_rejects_non_plugins_and_suggests_names() -> None:
 
     assert registry.add("dataset", NoName, package="x", version="1").status == "error"
     with pytest.raises(PluginError, match="Did you mean 'phantom'"):
-        registry.get("dataset", "phantm")
+        registry.dataset("phantm")
 
 
 def test_plugins_list_table_and_kind_filter(cxraug_cli) -> None:
@@ -277,3 +279,125 @@ def test_tiny_adapter_contract() -> None:
             yield Record(np.zeros((4, 4), np.uint8), "normal", "tiny", "t:0")
 
     assert len(check_dataset_adapter(Tiny(), None)) == 1
+
+
+def test_typed_getters_return_the_interface_and_fail_like_get() -> None:
+    from cxraug.plugins.augmenters.classic import ClassicAugmenter
+    from cxraug.plugins.gans.dcgan import DCGAN
+
+    registry = build_registry(get_plugin_manager(load_entry_points=False))
+    assert registry.gan("dcgan") is DCGAN and registry.augmenter("classic") is ClassicAugmenter
+    assert registry.dataset("phantom").name == "phantom" and registry.classifier("cnn").name == "cnn"
+    assert registry.metric("fid").requires == {"real", "generated"}
+    getters = {"gan": registry.gan, "metric": registry.metric, "classifier": registry.classifier}
+    for kind, getter in getters.items():
+        with pytest.raises(PluginError) as typed:
+            getter("phantom")
+        with pytest.raises(PluginError) as generic:
+            registry.get(kind, "phantom")
+        assert str(typed.value) == str(generic.value) and f"unknown {kind} 'phantom'" in str(typed.value)
+
+
+class _Demo(DatasetAdapter):
+    name = "zz-demo"
+    needs_root = False
+    demo = True
+
+    def records(self, root):
+        yield Record(image=np.zeros((8, 8), np.uint8), label="normal", source="zz-demo", original="d:0")
+
+
+def test_demo_dataset_found_by_its_flag_builtin_first() -> None:
+    registry = build_registry(get_plugin_manager(load_entry_points=False))
+    assert registry.demo_dataset().name == "phantom"
+    registry.add("dataset", _Demo, package="cxraug-zz", version="1")
+    assert registry.demo_dataset().name == "phantom", "an installed demo does not replace the built-in"
+    only_installed = Registry()
+    only_installed.add("dataset", _Demo, package="cxraug-zz", version="1")
+    assert only_installed.demo_dataset() is _Demo
+    with pytest.raises(PluginError, match="no demo dataset adapter is installed"):
+        Registry().demo_dataset()
+
+    class NeedsRoot(_Demo):
+        name = "rooted-demo"
+        needs_root = True
+
+    entry = only_installed.add("dataset", NeedsRoot, package="x", version="1")
+    assert entry.status == "error" and "needs_root = False" in entry.reason
+
+
+def test_prepare_demo_uses_the_registry_demo_adapter(tmp_path: Path) -> None:
+    from cxraug.data.resolve import prepare_demo
+    from cxraug.workspace import Workspace
+
+    registry = Registry()
+    registry.add("dataset", _Demo, package="cxraug-zz", version="1")
+    ds = prepare_demo(Workspace(tmp_path / "ws"), registry)
+    assert [r["source"] for r in ds.rows] == ["zz-demo"]
+    with pytest.raises(PluginError, match="no demo dataset"):
+        prepare_demo(Workspace(tmp_path / "ws2"), Registry())
+
+
+class _SizeOptions(PluginOptions):
+    size: int = 3
+
+
+def test_plugins_are_generic_over_their_options() -> None:
+    class Typed(Augmenter[_SizeOptions]):
+        name = "typed"
+
+        def augment(self, request):
+            return iter([])
+
+    assert Typed.Options is _SizeOptions, "the bound options model becomes Options"
+    assert Typed().options.size == 3 and Typed(_SizeOptions(size=5)).options.size == 5
+    with pytest.raises(TypeError, match="expects _SizeOptions options, got NoOptions"):
+        Typed(NoOptions())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="declared with options _SizeOptions but sets Options"):
+
+        class Mismatch(Augmenter[_SizeOptions]):
+            name = "mismatch"
+            Options = NoOptions
+
+            def augment(self, request):
+                return iter([])
+
+
+def test_plain_interface_subclass_still_works() -> None:
+    """A third-party plugin written before the interfaces were generic: bare ``GAN``, own Options."""
+
+    class Bare(GAN):
+        name = "bare"
+        Options = _SizeOptions
+
+        def networks(self):
+            return {}
+
+        def optimizers(self):
+            return {}
+
+        def train_step(self, real, labels):
+            return {}
+
+        def sample_latents(self, n, generator):
+            return None
+
+        def generate(self, z, labels, truncation=1.0):
+            return None
+
+    gan = Bare(None, GANSpec(image_size=16, labels=["all"]))
+    assert isinstance(gan.options, _SizeOptions) and gan.options.size == 3
+    registry = Registry()
+    assert registry.add("gan", Bare, package="x", version="1").status == "ok"
+    assert registry.gan("bare") is Bare
+
+
+def test_builtins_bind_their_options_model() -> None:
+    from typing import get_args
+
+    registry = build_registry(get_plugin_manager(load_entry_points=False))
+    for kind in ("dataset", "gan", "augmenter", "classifier", "metric"):
+        for name in registry.names(kind):
+            cls = registry.get(kind, name)
+            bound = [a for b in cls.__orig_bases__ for a in get_args(b)]  # type: ignore[attr-defined]
+            assert bound == [cls.Options], f"{kind} {name} binds {bound}, Options is {cls.Options}"

@@ -76,7 +76,19 @@ def test_classifier_resume_refuses_changed_settings_and_data_accepts_unchanged(
     _one_line_error(cxraug_cli("train-classifier", "--resume", str(run.path), "--epochs", "3"), "re-prepared")
 
 
-EXP = ["experiment", "--gan", "acgan", "--classifier", "cnn", "--arms", "base", "--seeds", "1", "--epochs", "1"]
+EXP = [
+    "experiment",
+    "--gan",
+    "acgan",
+    "--classifier",
+    "cnn",
+    "--arms",
+    "base",
+    "--seeds",
+    "1",
+    "--epochs",
+    "1",
+]
 EXP += ["--opt", "classifier.input_size=16", "--opt", "classifier.width=4", "--data", "tiny"]
 
 
@@ -121,7 +133,11 @@ def test_second_process_on_a_run_is_refused(cxraug_cli, cxraug_workspace, tiny):
         first.kill()
         first.wait()
     log = lock.parent / "log.jsonl"
-    steps = [json.loads(line).get("step") for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+    steps = (
+        [json.loads(line).get("step") for line in log.read_text().splitlines() if line.strip()]
+        if log.exists()
+        else []
+    )
     assert len(steps) == len(set(steps)), "only one process wrote the log"
 
 
@@ -134,7 +150,9 @@ def test_bad_values_fail_in_one_line_before_a_run_folder_exists(cxraug_cli, cxra
         (["--device", "tpu"], "--device"),
     ):
         _one_line_error(cxraug_cli(*GAN, *flags), needle)
-    assert not (cxraug_workspace.runs_dir / "gan").exists() or not any((cxraug_workspace.runs_dir / "gan").iterdir())
+    assert not (cxraug_workspace.runs_dir / "gan").exists() or not any(
+        (cxraug_workspace.runs_dir / "gan").iterdir()
+    )
     tables = {
         "train-gan": ('batch_size = "abc"', ["train-gan", "dcgan", "--data", "tiny"], "batch_size = 'abc'"),
         "train-classifier": ("epochs = 1.5", ["train-classifier", "cnn", "--data", "tiny"], "epochs = 1.5"),
@@ -196,16 +214,18 @@ def test_resume_survives_a_damaged_sample_png_and_keeps_log_history(cxraug_cli, 
     run = GanRun.resolve(cxraug_workspace, None)
     for path in (run.options_path, *run.path.rglob("ckpt-*.pt")):
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
-    sample = sorted((run.path / "samples").glob("*.png"))[-1]
+    unit = run.unit_folder("covid")  # dcgan trains one model per label
+    sample = sorted((unit / "samples").glob("*.png"))[-1]
     sample.write_bytes(sample.read_bytes()[: sample.stat().st_size // 2])
-    (run.path / "checkpoints" / ".ckpt-00000099.pt.abc.tmp").write_bytes(b"partial")
-    lines_before = (run.path / "log.jsonl").read_text().splitlines()
+    (unit / "checkpoints" / ".ckpt-00000099.pt.abc.tmp").write_bytes(b"partial")
+    lines_before = (unit / "log.jsonl").read_text().splitlines()
     result = cxraug_cli(*GAN, "--resume", str(run.path), "--kimg", "0.048", "--log-every", "1")
     assert result.exit_code == 0, result.output
-    lines_after = (run.path / "log.jsonl").read_text().splitlines()
+    lines_after = (unit / "log.jsonl").read_text().splitlines()
     assert lines_after[: len(lines_before)] == lines_before, "the log is only appended to"
+    assert any('"event": "resume"' in line for line in lines_after[len(lines_before) :])
     assert not list(run.path.rglob("*.tmp"))
-    assert (run.path / "progress.gif").is_file()
+    assert (unit / "progress.gif").is_file()
 
 
 def test_run_folders_are_typed_objects(cxraug_cli, cxraug_workspace, tiny):

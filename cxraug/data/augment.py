@@ -21,7 +21,7 @@ from cxraug.data.prepared import FORMAT_VERSION, PreparedDataset, swap_in, write
 from cxraug.errors import DataError, OptionsError
 from cxraug.fileio import file_sha256
 from cxraug.imageio import array_sha256, perceptual_hash
-from cxraug.interfaces import Augmenter, AugmentRequest
+from cxraug.interfaces import Augmenter, AugmentRequest, AugmentServices
 from cxraug.options import to_jsonable
 from cxraug.ui import progress_bar
 from cxraug.workspace import Workspace, check_name
@@ -54,10 +54,15 @@ def augment_dataset(
     name: str,
     seed: int,
     force: bool = False,
-    context: dict[str, Any] | None = None,
+    services: AugmentServices | None = None,
 ) -> PreparedDataset:
-    """Write dataset ``name``: the source's rows unchanged plus every step's new training images."""
+    """Write dataset ``name``: the source's rows unchanged plus every step's new training images.
+
+    ``services`` is what every step's augmenter gets as ``request.services`` (workspace, registry,
+    device, and the GAN run for augmenters that use one).
+    """
     check_name(name)
+    services = services if services is not None else AugmentServices()
     target = workspace.dataset_dir(name)
     if target.resolve() == source.path.resolve():
         raise OptionsError(f"--name {name!r} is the source dataset; choose a new name")
@@ -100,7 +105,7 @@ def augment_dataset(
                     counts=dict(step.counts),
                     seed=seed + 7919 * k,
                     size=size,
-                    context=dict(context or {}),
+                    services=services,
                 )
                 made: Counter[str] = Counter()
                 for item in step.augmenter.augment(request):
@@ -143,15 +148,7 @@ def augment_dataset(
             },
             "augment": {
                 "seed": seed,
-                "steps": [
-                    {
-                        "augmenter": s.augmenter.name,
-                        "origin": s.augmenter.origin,
-                        "counts": s.counts,
-                        "options": to_jsonable(s.augmenter.options),
-                    }
-                    for s in steps
-                ],
+                "steps": [_step_info(s, services) for s in steps],
             },
             "manifest_sha256": file_sha256(tmp / "manifest.csv"),
         }
@@ -161,6 +158,20 @@ def augment_dataset(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return PreparedDataset(target)
+
+
+def _step_info(step: AugmentStep, services: AugmentServices) -> dict[str, Any]:
+    """How a step is recorded in info.json, with the GAN run it was handed, if it used one."""
+    info = {
+        "augmenter": step.augmenter.name,
+        "origin": step.augmenter.origin,
+        "counts": step.counts,
+        "options": to_jsonable(step.augmenter.options),
+    }
+    if step.augmenter.uses_gan_run and services.gan_run is not None:
+        # the run may not be in the options (handed over by the core), so record it here
+        info["gan_run"] = str(services.gan_run)
+    return info
 
 
 def _row(

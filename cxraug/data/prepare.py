@@ -23,7 +23,7 @@ from cxraug.data.prepared import FORMAT_VERSION, PreparedDataset, swap_in, write
 from cxraug.data.splits import HELD_OUT_RANK, SPLITS, assign_splits
 from cxraug.errors import CxrError, DataError, OptionsError
 from cxraug.fileio import file_sha256
-from cxraug.imageio import RESIZE_MODES, ImageReadError, decode_source
+from cxraug.imageio import RESIZE_FILTER, RESIZE_MODES, ImageReadError, decode_source
 from cxraug.interfaces import DatasetAdapter, Record
 from cxraug.labels import VOCABULARY, check_label, sort_labels
 from cxraug.options import to_jsonable
@@ -83,6 +83,13 @@ def _decode_one(args: tuple[Any, int, str]) -> tuple[bool, Any, str, int]:
     return True, img, digest, phash
 
 
+def _one_thread_per_worker() -> None:
+    """Decoding workers run side by side: torch's intra-op threads (in ``resize``) would only contend."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def _collect(sources: list[Source], settings: PrepareSettings) -> tuple[list[Record], dict]:
     records: list[Record] = []
     excluded: Counter[str] = Counter()
@@ -139,7 +146,9 @@ def _decode_all(
             progress.advance(task)
         if workers > 1 and len(file_idx) > 64:
             ctx = multiprocessing.get_context("spawn")
-            with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            with cf.ProcessPoolExecutor(
+                max_workers=workers, mp_context=ctx, initializer=_one_thread_per_worker
+            ) as pool:
                 results = pool.map(_decode_one, jobs(file_idx), chunksize=16)
                 for i, result in zip(file_idx, results, strict=True):
                     store(i, result)
@@ -239,12 +248,12 @@ def _prepare_into(
     for k, reason in leak_drops.items():
         dropped[kept[k]] = reason
     final = [(kept[k], splits[k]) for k in range(len(kept)) if k not in leak_drops]
-    final.sort(key=lambda t: (SPLITS.index(t[1]), t[0]))  # type: ignore[arg-type]
+    final.sort(key=lambda t: (SPLITS.index(t[1]), t[0]))
 
     images = np.lib.format.open_memmap(
         tmp_dir / "images.npy", mode="w+", dtype=np.uint8, shape=(len(final), size, size)
     )
-    rows = []
+    rows: list[dict[str, Any]] = []
     for out_i, (i, split) in enumerate(final):
         images[out_i] = scratch[i]
         rec = records[i]
@@ -310,7 +319,8 @@ def _prepare_into(
             f"aspect ratio kept; longer side scaled to {size} px and padded with black"
             if settings.resize == "pad"
             else f"aspect ratio kept; shorter side scaled to {size} px and centre-cropped"
-        ),
+        )
+        + f"; filter: {RESIZE_FILTER}",
     }
     synthetic = any(s.adapter.synthetic for s in sources)
     info = {

@@ -18,8 +18,8 @@ DEMO_SIZE = 64
 
 
 def prepare_demo(workspace: Workspace, registry: Registry) -> PreparedDataset:
-    """Prepare the embedded phantom demo dataset (synthetic images, offline, deterministic)."""
-    cls = registry.get("dataset", "phantom")
+    """Prepare the demo dataset from the registry's demo adapter (offline, deterministic, no root)."""
+    cls = registry.demo_dataset()
     adapter = cls(cls.Options())
     result = prepare_dataset(
         workspace, [Source(adapter, None)], PrepareSettings(name=DEMO_DATASET, size=DEMO_SIZE)
@@ -41,9 +41,11 @@ def open_dataset(workspace: Workspace, registry: Registry, name: str | None) -> 
     latest = workspace.latest_dataset()
     if latest is not None:
         return PreparedDataset(workspace.dataset_dir(latest))
+    demo = registry.demo_dataset()
+    what = "synthetic images, NOT real X-rays" if demo.synthetic else "a small sample, not a study"
     console.print(
-        f"[yellow]No prepared dataset in {workspace.root}: preparing the embedded demo dataset "
-        f"{DEMO_DATASET!r} (synthetic phantom images, NOT real X-rays).[/] Use "
+        f"[yellow]No prepared dataset in {workspace.root}: preparing the demo dataset "
+        f"{DEMO_DATASET!r} with the {demo.name!r} adapter ({what}).[/] Use "
         "`cxraug data prepare ADAPTER --root PATH` for real data."
     )
     return prepare_demo(workspace, registry)

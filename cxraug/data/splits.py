@@ -28,7 +28,8 @@ def parse_ratios(text: str) -> tuple[float, float, float]:
     total = sum(parts)
     if abs(total - 1.0) > 1e-6:
         raise OptionsError(f"--split {text!r}: the fractions add up to {total:g}, not 1")
-    return parts  # type: ignore[return-value]
+    train, val, test = parts
+    return train, val, test
 
 
 def assign_splits(

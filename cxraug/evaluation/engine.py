@@ -132,7 +132,7 @@ def run_evaluation(
     """Run every requested metric plugin; returns what metrics.json holds (also written there)."""
     req.out_dir.mkdir(parents=True, exist_ok=True)
     ds = req.dataset
-    classes = {name: registry.get("metric", name) for name in req.metrics}
+    classes = {name: registry.metric(name) for name in req.metrics}
     needs = set().union(*(cls.requires for cls in classes.values())) if classes else set()
     inputs = MetricInputs(labels=list(ds.classes), out_dir=req.out_dir)
     sources: dict[str, Any] = {"dataset": ds.name, "split": req.split}
@@ -154,13 +154,14 @@ def run_evaluation(
             req.gen_split, sorted(label_set) if label_set and label_set <= set(ds.classes) else None
         )
         inputs.generated = gen
-        inputs.generated_labels = gen_labels if all(lb in ds.classes for lb in gen_labels) else None
+        known = [lb for lb in gen_labels if lb is not None and lb in ds.classes]
+        inputs.generated_labels = known if len(known) == len(gen_labels) else None
         inputs.real = np.asarray(ds.images[real_idx])
         inputs.real_labels = [ds.rows[i]["label"] for i in real_idx]
         inputs.train = np.asarray(ds.images[ds.indices("train")])
         sources["real_split"] = req.gen_split
         holdout = ds.indices(req.split if req.split != "train" else "test")
-        inputs.context["holdout"] = np.asarray(ds.images[holdout])
+        inputs.services.holdout = np.asarray(ds.images[holdout])
         grids(inputs, ds, req.out_dir)
     if needs & CLASSIFIER_INPUTS:
         if req.classifier_run is None:
@@ -193,14 +194,14 @@ def run_evaluation(
             labels=np.array(loaded.labels),
             ids=np.array([ds.rows[i]["id"] for i in idx]),
         )
-    inputs.context.update(
+    inputs.services.device = req.device
+    inputs.services.inception_weights = req.inception_weights
+    inputs.services.feature_cache = workspace.root / "cache" / "features"
+    inputs.services.features = FeatureService(
+        weights=req.inception_weights,
         device=req.device,
-        features=FeatureService(
-            weights=req.inception_weights,
-            device=req.device,
-            cache=FeatureCache(workspace.root / "cache" / "features"),
-            extractor_factory=extractor_factory,
-        ),
+        cache=FeatureCache(inputs.services.feature_cache),
+        extractor_factory=extractor_factory,
     )
     results: dict[str, Any] = {"values": {}, "tables": {}, "artifacts": {}}
     for name, cls in classes.items():
@@ -244,7 +245,7 @@ def grids(inputs: MetricInputs, ds: PreparedDataset, out_dir: Path, per_label: i
     """One PNG: for each label, a row of real images then a row of generated ones."""
     assert inputs.real is not None and inputs.generated is not None
     s = ds.size
-    labels = sorted({lb for lb in (inputs.generated_labels or []) if lb}) or [None]
+    labels: list[str | None] = [*sorted({lb for lb in (inputs.generated_labels or []) if lb})] or [None]
     rows = []
     for lb in labels:
         for images, image_labels in (

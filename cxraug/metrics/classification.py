@@ -203,8 +203,9 @@ def evaluate_classifier(
         raise ValueError(f"ci must be in (0, 1), got {ci}")
     notes: list[str] = []
     aucs = auc_per_label(y, scores)
-    for c in np.flatnonzero(~np.isfinite(aucs)):
-        notes.append(f"AUC of {labels[c]!r} is undefined: the test split has no {labels[c]!r} cases")
+    for undefined in np.flatnonzero(~np.isfinite(aucs)):
+        label = labels[undefined]
+        notes.append(f"AUC of {label!r} is undefined: the test split has no {label!r} cases")
     macro = macro_auc(y, scores)
     boots = bootstrap_auc(y, scores, n_boot=n_boot, seed=seed, stratified=stratified) if n_boot else None
     auc_ci: dict[str, tuple[float, float]] = {}

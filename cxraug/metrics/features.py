@@ -30,7 +30,7 @@ from pydantic import Field
 from cxraug import fileio
 from cxraug.errors import CxrError
 from cxraug.fileio import atomic_write
-from cxraug.interfaces import PluginOptions
+from cxraug.interfaces import FeatureFn, MetricServices, PluginOptions
 
 log = logging.getLogger(__name__)
 
@@ -490,7 +490,7 @@ class FeatureCache:
 
 
 class FeatureService:
-    """``MetricInputs.context["features"]``: ``(images, role, mode="clean", batch_size=None) -> (N, D)``.
+    """``MetricServices.features``: ``(images, role, mode="clean", batch_size=None) -> (N, D)``.
 
     Builds the Inception extractor of each mode once (or uses ``extractor_factory(mode)``). Features
     of real splits (``role`` in ``cached_roles``) go through the on-disk cache; every result is also
@@ -542,21 +542,16 @@ class FeatureService:
         return feats
 
 
-def features_from_context(context: dict[str, Any]) -> Callable[..., np.ndarray]:
-    """The core's ``features`` service, or a FeatureService built from the context and stored in it.
+def features_service(services: MetricServices) -> FeatureFn:
+    """``services.features``, or a FeatureService built from the other services and stored there.
 
-    A built service uses ``context["inception_weights"]`` (else $CXRAUG_INCEPTION_WEIGHTS),
-    ``context["device"]`` and ``context["feature_cache"]`` (a FeatureCache or a folder), when present.
+    A built service uses ``services.inception_weights`` (else $CXRAUG_INCEPTION_WEIGHTS),
+    ``services.device`` and, when set, the ``services.feature_cache`` folder; storing it lets the
+    next metric of the same evaluation reuse its extractor and features.
     """
-    fn = context.get("features")
-    if fn is None:
-        cache = context.get("feature_cache")
-        if isinstance(cache, (str, Path)):
-            cache = FeatureCache(Path(cache))
-        fn = FeatureService(
-            weights=context.get("inception_weights"),
-            device=str(context.get("device", "cpu")),
-            cache=cache,
+    if services.features is None:
+        cache = FeatureCache(services.feature_cache) if services.feature_cache is not None else None
+        services.features = FeatureService(
+            weights=services.inception_weights, device=services.device, cache=cache
         )
-        context["features"] = fn
-    return fn
+    return services.features

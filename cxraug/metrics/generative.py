@@ -238,7 +238,7 @@ def pixel_features(images: np.ndarray, size: int | None = 64) -> np.ndarray:
         raise ValueError(f"images must be (N, S, S) uint8, got {images.dtype} {images.shape}")
     if size is not None and images.shape[1:] != (size, size):
         images = np.stack(
-            [np.asarray(Image.fromarray(img).resize((size, size), Image.BOX)) for img in images]
+            [np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BOX)) for img in images]
         )
     return images.reshape(len(images), -1).astype(np.float32) / 255.0
 
@@ -342,7 +342,7 @@ def save_pairs_grid(
     def tile(img: np.ndarray) -> Image.Image:
         im = Image.fromarray(np.asarray(img, dtype=np.uint8))
         return (
-            im.convert("L").resize((size, size), Image.NEAREST)
+            im.convert("L").resize((size, size), Image.Resampling.NEAREST)
             if im.size != (size, size)
             else im.convert("L")
         )

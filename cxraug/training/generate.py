@@ -42,7 +42,7 @@ class LoadedGenerator:
 def load_generator(path: Path, registry: Registry, device: torch.device) -> LoadedGenerator:
     """Rebuild a GAN from a checkpoint (architecture, options and labels are stored in it)."""
     state = safe_load(path, map_location=device)
-    cls = registry.get("gan", state["arch"])
+    cls = registry.gan(state["arch"])
     try:
         options = cls.Options(**state["options"])
     except ValidationError as exc:

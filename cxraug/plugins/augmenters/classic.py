@@ -108,23 +108,21 @@ def image_seed(seed: int, label: str, index: int) -> int:
     return int(state[0]) << 32 | int(state[1])
 
 
-class ClassicAugmenter(Augmenter):
+class ClassicAugmenter(Augmenter[ClassicOptions]):
     """Random rotation, shift, zoom and horizontal flip of real training images."""
 
     name: ClassVar[str] = "classic"
     description: ClassVar[str] = "Classic rotation/shift/zoom/flip augmentation (torchvision v2)"
     origin: ClassVar[str] = "classic"
-    Options: ClassVar[type[PluginOptions]] = ClassicOptions
+    Options: ClassVar[type[ClassicOptions]] = ClassicOptions
 
-    def __init__(self, options: PluginOptions | None = None) -> None:
+    def __init__(self, options: ClassicOptions | None = None) -> None:
         super().__init__(options)
-        if not isinstance(self.options, ClassicOptions):
-            raise TypeError(f"classic expects ClassicOptions, got {type(self.options).__name__}")
         self.transform = build_transform(self.options)
 
     def online_transform(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        """A callable for training batches: (B, 1, S, S) float in [0, 1] -> same shape, each image
-        transformed independently."""
+        """The same transform for training batches, drawn afresh for every image (the interface's
+        tensor contract)."""
         return OnlineTransform(self.transform)
 
     def augment(self, request: AugmentRequest) -> Iterator[AugmentedImage]:

@@ -15,15 +15,23 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from cxraug import hookimpl
 from cxraug.errors import CxrError, OptionsError
-from cxraug.interfaces import AugmentedImage, Augmenter, AugmentRequest, PluginOptions
-from cxraug.training.generate import LoadedGenerator, generators_for, latent_generator
+from cxraug.imageio import resize
+from cxraug.interfaces import (
+    AugmentedImage,
+    Augmenter,
+    AugmentRequest,
+    AugmentServices,
+    PluginOptions,
+)
+from cxraug.training.classifier_run import ClassifierRun, load_classifier
+from cxraug.training.gan_run import GanRun
+from cxraug.training.generate import LoadedGenerator, generators_from, latent_generator
 from cxraug.training.plots import to_uint8
-from cxraug.training.runs import OPTIONS_FILE, resolve_run
+from cxraug.training.runs import Run
 
 #: (N, S, S) uint8 images and their intended label -> (N,) probability of that label.
 Scorer = Callable[[np.ndarray, str], np.ndarray]
@@ -33,7 +41,9 @@ class SyntheticOptions(PluginOptions):
     """Options of the ``synthetic`` augmenter."""
 
     run: str | None = Field(
-        None, description="GAN run folder or name under runs/gan; empty: the latest GAN run."
+        None,
+        description="GAN run folder or name under runs/gan; empty: the run the command chose, else "
+        "the latest GAN run.",
     )
     checkpoint: str | None = Field(
         None, description="A GAN checkpoint file to use instead of the run's latest snapshots."
@@ -62,12 +72,12 @@ class SyntheticOptions(PluginOptions):
     )
 
 
-def _find_run(context: dict[str, Any], kind: str, run: str | None) -> Path:
+def _find_run(services: AugmentServices, kind: str, run: str | None) -> Path:
     """A run by path, by name or the latest, in the request's workspace when there is one."""
-    workspace = context.get("workspace")
-    if workspace is not None:
-        return resolve_run(workspace, kind, run)
-    if run is not None and (Path(run) / OPTIONS_FILE).is_file():
+    run_type: type[Run[Any]] = GanRun if kind == "gan" else ClassifierRun
+    if services.workspace is not None:
+        return run_type.resolve(services.workspace, run).path
+    if run is not None and Run.is_run(Path(run)):
         return Path(run)
     raise OptionsError(
         f"synthetic: no workspace to look up the {kind} run {run or '(latest)'} in; give a run folder"
@@ -77,21 +87,18 @@ def _find_run(context: dict[str, Any], kind: str, run: str | None) -> Path:
 def _run_of_checkpoint(path: Path) -> Path | None:
     """The run folder holding a checkpoint (run/checkpoints/x.pt or run/UNIT/checkpoints/x.pt)."""
     for parent in list(path.resolve().parents)[:3]:
-        if (parent / OPTIONS_FILE).is_file():
+        if Run.is_run(parent):
             return parent
     return None
 
 
-def _scorer(filter_run: str, context: dict[str, Any], labels: list[str]) -> Scorer:
+def _scorer(filter_run: str, services: AugmentServices, labels: list[str]) -> Scorer:
     """Load the reference classifier; fails early when it does not know one of ``labels``."""
-    from cxraug.training.classifier_trainer import load_classifier, predict_proba
-
-    registry = context.get("registry")
-    if registry is None:
-        raise CxrError("synthetic: the quality filter needs the plugin registry in the request context")
+    if services.registry is None:
+        raise CxrError("synthetic: the quality filter needs the plugin registry in the request services")
     # a best.pt file is accepted as well as a run folder or name
-    run = Path(filter_run) if Path(filter_run).is_file() else _find_run(context, "classifier", filter_run)
-    loaded = load_classifier(run, registry, torch.device(context.get("device", "cpu")))
+    run = Path(filter_run) if Path(filter_run).is_file() else _find_run(services, "classifier", filter_run)
+    loaded = load_classifier(run, services.registry, torch.device(services.device))
     unknown = [label for label in labels if label not in loaded.labels]
     if unknown:
         raise OptionsError(
@@ -100,7 +107,7 @@ def _scorer(filter_run: str, context: dict[str, Any], labels: list[str]) -> Scor
         )
 
     def score(images: np.ndarray, label: str) -> np.ndarray:
-        return predict_proba(loaded, images)[:, loaded.labels.index(label)]
+        return loaded.predict_proba(images)[:, loaded.labels.index(label)]
 
     return score
 
@@ -120,44 +127,52 @@ def _generate(
     device = torch.device(loaded.gan.spec.device)
     x = loaded.gan.generate(z.to(device), labels.to(device), truncation)
     if x.shape[-1] != size or x.shape[-2] != size:
-        x = F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        x = resize(x.float(), size)
     return to_uint8(x)
 
 
-class SyntheticAugmenter(Augmenter):
+class SyntheticAugmenter(Augmenter[SyntheticOptions]):
     """Images generated by a trained GAN run for each label, optionally kept only when a reference
     classifier is confident they show their label."""
 
     name: ClassVar[str] = "synthetic"
     description: ClassVar[str] = "Images from a trained GAN run, with an optional classifier quality filter"
     origin: ClassVar[str] = "synthetic"
-    Options: ClassVar[type[PluginOptions]] = SyntheticOptions
+    uses_gan_run: ClassVar[bool] = True
+    Options: ClassVar[type[SyntheticOptions]] = SyntheticOptions
 
-    def __init__(self, options: PluginOptions | None = None) -> None:
+    def __init__(self, options: SyntheticOptions | None = None) -> None:
         super().__init__(options)
-        if not isinstance(self.options, SyntheticOptions):
-            raise TypeError(f"synthetic expects SyntheticOptions, got {type(self.options).__name__}")
-        self.opts = self.options
         #: Candidates the quality filter rejected, per label (filled by augment()).
         self.rejected: dict[str, int] = {}
 
     def augment(self, request: AugmentRequest) -> Iterator[AugmentedImage]:
         """``counts[label]`` generated images per label; image i of a label depends only on the
-        seed, the checkpoint and i (and, when filtered, on which earlier candidates passed)."""
-        o = self.opts
-        context = request.context
-        registry = context.get("registry")
-        if registry is None:
-            raise CxrError("synthetic: the request context has no plugin registry to rebuild the GAN with")
-        device = torch.device(context.get("device", "cpu"))
+        seed, the checkpoint and i (and, when filtered, on which earlier candidates passed).
+
+        The GAN run is ``options.run`` when set, else the checkpoint's run (``options.checkpoint``),
+        else ``request.services.gan_run``, else the workspace's latest GAN run.
+        """
+        o = self.options
+        services = request.services
+        if services.registry is None:
+            raise CxrError("synthetic: the request services have no plugin registry to rebuild the GAN with")
+        device = torch.device(services.device)
         checkpoint = Path(o.checkpoint) if o.checkpoint else None
         if checkpoint is not None and not checkpoint.is_file():
             raise OptionsError(f"checkpoint {checkpoint}: no such file")
+        run_dir: Path | None
         if checkpoint is not None and o.run is None:
             run_dir = _run_of_checkpoint(checkpoint)
+        elif o.run is None and services.gan_run is not None:
+            run_dir = services.gan_run
         else:
-            run_dir = _find_run(context, "gan", o.run)
-        generators = generators_for(run_dir, checkpoint, registry, device)
+            run_dir = _find_run(services, "gan", o.run)
+        if checkpoint is not None:
+            generators = generators_from([checkpoint], services.registry, device)
+        else:
+            assert run_dir is not None
+            generators = GanRun(run_dir).load_generators(services.registry, device)
 
         wanted = [label for label, n in request.counts.items() if n > 0]
         missing = [label for label in wanted if label not in generators]
@@ -172,7 +187,7 @@ class SyntheticAugmenter(Augmenter):
                 f"synthetic: the GAN {source} does not generate {', '.join(map(repr, missing))}; "
                 f"it generates {', '.join(generators)}{hint}"
             )
-        scorer = _scorer(o.filter_run, context, wanted) if o.filter_run else None
+        scorer = _scorer(o.filter_run, services, wanted) if o.filter_run else None
 
         self.rejected = {}
         for label in wanted:
@@ -202,7 +217,7 @@ class SyntheticAugmenter(Augmenter):
         scorer: Scorer | None,
     ) -> Iterator[tuple[int, np.ndarray, float | None]]:
         """(candidate index, image, confidence) for the first ``count`` candidates that pass."""
-        o = self.opts
+        o = self.options
         limit = count if scorer is None else max(count, math.ceil(o.max_tries * count))
         kept = rejected = 0
         start = 0

@@ -11,7 +11,7 @@ import re
 from abc import abstractmethod
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import ClassVar, TypeVar
+from typing import ClassVar
 from urllib.parse import urlparse
 
 import torch
@@ -20,14 +20,12 @@ from torch import nn
 from torchvision.models import WeightsEnum
 
 from cxraug.errors import CxrError, OptionsError
-from cxraug.interfaces import Classifier, Plugin, PluginOptions
+from cxraug.interfaces import Classifier, O, PluginOptions
 
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-
-_O = TypeVar("_O", bound=PluginOptions)
 
 #: How many mismatched keys an error message lists per kind of mismatch.
 _SHOW_KEYS = 5
@@ -68,6 +66,8 @@ class ImageNetInput(nn.Module):
         # Not persistent: constants, so checkpoints hold only learned tensors.
         self.register_buffer("scale", 1.0 / std_t, persistent=False)
         self.register_buffer("shift", -mean_t / std_t, persistent=False)
+        self.scale: torch.Tensor
+        self.shift: torch.Tensor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] not in (1, 3):
@@ -128,13 +128,6 @@ def dense_head(in_features: int, num_classes: int, dropout: float) -> nn.Sequent
         nn.Dropout(dropout),
         nn.Linear(64, num_classes),
     )
-
-
-def typed_options(plugin: Plugin, cls: type[_O]) -> _O:
-    """``plugin.options`` as its declared Options class (a TypeError is a bug in the caller)."""
-    if not isinstance(plugin.options, cls):
-        raise TypeError(f"{plugin.name} expects {cls.__name__}, got {type(plugin.options).__name__}")
-    return plugin.options
 
 
 def check_num_classes(num_classes: int, plugin: str) -> None:
@@ -274,6 +267,8 @@ def torchvision_model(
                 f"drop one of them"
             )
         return make(1000, None)
+    # A bad --weights file is the user's to fix; a bad download is reported as a plain CxrError.
+    error: type[CxrError]
     if weights is not None:
         state = read_weights_file(weights, plugin, imagenet)
         source, error = f"--weights {weights}", OptionsError
@@ -304,7 +299,7 @@ def fix_densenet_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return out
 
 
-class TorchvisionClassifier(Classifier):
+class TorchvisionClassifier(Classifier[O]):
     """An ImageNet torchvision model, loaded once, cut and re-headed; subclasses say where and how.
 
     ``make`` builds the full torchvision model (``state`` is the state dict about to be loaded, or

@@ -16,12 +16,10 @@ from torch import nn
 from torchvision.models import AlexNet, AlexNet_Weights, WeightsEnum
 
 from cxraug import hookimpl
-from cxraug.interfaces import PluginOptions
 from cxraug.plugins.classifiers._common import (
     FreezeOptions,
     TorchvisionClassifier,
     TransferNet,
-    typed_options,
 )
 
 
@@ -29,7 +27,7 @@ class AlexNetOptions(FreezeOptions):
     """Options of the ``alexnet`` classifier; ``freeze_backbone`` fixes the convolutional ``features``."""
 
 
-class AlexNetClassifier(TorchvisionClassifier):
+class AlexNetClassifier(TorchvisionClassifier[AlexNetOptions]):
     """torchvision AlexNet with its final Linear(4096, 1000) replaced by Linear(4096, num_classes).
 
     ``backbone`` is ``features`` + ``avgpool`` (256x6x6 at 224); ``head`` is flatten + the original
@@ -38,7 +36,7 @@ class AlexNetClassifier(TorchvisionClassifier):
 
     name: ClassVar[str] = "alexnet"
     description: ClassVar[str] = "AlexNet (Krizhevsky et al. 2012) fine-tuned from ImageNet, new last layer"
-    Options: ClassVar[type[PluginOptions]] = AlexNetOptions
+    Options: ClassVar[type[AlexNetOptions]] = AlexNetOptions
     default_lr: ClassVar[float] = 1e-4
     #: ImageNet weights file: alexnet-owt-7be5be79.pth.
     imagenet_weights: ClassVar[WeightsEnum] = AlexNet_Weights.IMAGENET1K_V1
@@ -56,7 +54,7 @@ class AlexNetClassifier(TorchvisionClassifier):
         return TransferNet(
             nn.Sequential(full.features, full.avgpool),
             nn.Sequential(nn.Flatten(), classifier),
-            frozen=typed_options(self, AlexNetOptions).freeze_backbone,
+            frozen=self.options.freeze_backbone,
         )
 
 

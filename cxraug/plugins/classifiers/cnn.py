@@ -16,7 +16,7 @@ from torch import nn
 from cxraug import hookimpl
 from cxraug.errors import OptionsError
 from cxraug.interfaces import Classifier, PluginOptions
-from cxraug.plugins.classifiers._common import check_num_classes, typed_options
+from cxraug.plugins.classifiers._common import check_num_classes
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class SmallCNN(nn.Module):
         return self.classifier(self.pool(self.features(x)))
 
 
-class CNNClassifier(Classifier):
+class CNNClassifier(Classifier[CNNOptions]):
     """A small CNN trained from scratch on 128x128 grayscale input; no ImageNet weights.
 
     ``input_size`` is 128 unless the option of that name says otherwise (e.g. the native size of a
@@ -77,14 +77,14 @@ class CNNClassifier(Classifier):
     description: ClassVar[str] = (
         "Small CNN (Conv-BN-ReLU-MaxPool blocks + dense) trained from scratch at 128 px"
     )
-    Options: ClassVar[type[PluginOptions]] = CNNOptions
+    Options: ClassVar[type[CNNOptions]] = CNNOptions
     input_size: int = 128
     default_lr: ClassVar[float] = 1e-3
     pretrained_by_default: ClassVar[bool] = False
 
-    def __init__(self, options: PluginOptions | None = None) -> None:
+    def __init__(self, options: CNNOptions | None = None) -> None:
         super().__init__(options)
-        self.input_size = typed_options(self, CNNOptions).input_size  # type: ignore[misc]
+        self.input_size = self.options.input_size
 
     def build(self, num_classes: int, *, pretrained: bool, weights: Path | None) -> nn.Module:
         check_num_classes(num_classes, self.name)
@@ -95,7 +95,7 @@ class CNNClassifier(Classifier):
             )
         if pretrained:
             log.warning("classifier 'cnn' has no pretrained weights; training from scratch")
-        return SmallCNN(num_classes, typed_options(self, CNNOptions))
+        return SmallCNN(num_classes, self.options)
 
 
 @hookimpl

@@ -16,13 +16,11 @@ from torch import nn
 from torchvision.models import DenseNet, DenseNet121_Weights, WeightsEnum, densenet121
 
 from cxraug import hookimpl
-from cxraug.interfaces import PluginOptions
 from cxraug.plugins.classifiers._common import (
     FreezeOptions,
     TorchvisionClassifier,
     TransferNet,
     fix_densenet_keys,
-    typed_options,
 )
 
 
@@ -30,7 +28,7 @@ class DenseNet121Options(FreezeOptions):
     """Options of the ``densenet121`` classifier."""
 
 
-class DenseNet121Classifier(TorchvisionClassifier):
+class DenseNet121Classifier(TorchvisionClassifier[DenseNet121Options]):
     """torchvision DenseNet-121 with its Linear(1024, 1000) classifier replaced by Linear(1024, num_classes).
 
     ``backbone`` is ``features`` (1024x7x7 at 224, ending with the last batch norm); ``head`` is
@@ -42,7 +40,7 @@ class DenseNet121Classifier(TorchvisionClassifier):
     description: ClassVar[str] = (
         "DenseNet-121 (Huang et al. 2017), the CheXNet backbone, fine-tuned; recommended"
     )
-    Options: ClassVar[type[PluginOptions]] = DenseNet121Options
+    Options: ClassVar[type[DenseNet121Options]] = DenseNet121Options
     default_lr: ClassVar[float] = 1e-4
     #: ImageNet weights file: densenet121-a639ec97.pth.
     imagenet_weights: ClassVar[WeightsEnum] = DenseNet121_Weights.IMAGENET1K_V1
@@ -61,9 +59,7 @@ class DenseNet121Classifier(TorchvisionClassifier):
             nn.Flatten(),
             nn.Linear(full.classifier.in_features, num_classes),
         )
-        return TransferNet(
-            full.features, head, frozen=typed_options(self, DenseNet121Options).freeze_backbone
-        )
+        return TransferNet(full.features, head, frozen=self.options.freeze_backbone)
 
 
 @hookimpl

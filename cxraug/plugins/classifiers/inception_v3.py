@@ -16,14 +16,12 @@ from torch import nn
 from torchvision.models import Inception3, Inception_V3_Weights, WeightsEnum
 
 from cxraug import hookimpl
-from cxraug.interfaces import PluginOptions
 from cxraug.plugins.classifiers._common import (
     ImageNetInput,
     TorchvisionClassifier,
     TransferHeadOptions,
     TransferNet,
     dense_head,
-    typed_options,
 )
 
 #: Channels, height and width of ``mixed7`` (torchvision's ``Mixed_6e``) at 299x299.
@@ -53,7 +51,7 @@ class InceptionV3Options(TransferHeadOptions):
     """Options of the ``inception_v3`` classifier."""
 
 
-class InceptionV3Classifier(TorchvisionClassifier):
+class InceptionV3Classifier(TorchvisionClassifier[InceptionV3Options]):
     """torchvision Inception3 up to ``Mixed_6e`` (= Keras ``mixed7``) + the dense head.
 
     ``backbone`` outputs 768x17x17 at 299, so the head's first layer is Linear(221952, 1024): about
@@ -67,7 +65,7 @@ class InceptionV3Classifier(TorchvisionClassifier):
 
     name: ClassVar[str] = "inception_v3"
     description: ClassVar[str] = "Inception v3 (Szegedy et al. 2016) to mixed7 + 1024-64 dense head"
-    Options: ClassVar[type[PluginOptions]] = InceptionV3Options
+    Options: ClassVar[type[InceptionV3Options]] = InceptionV3Options
     input_size: ClassVar[int] = 299
     default_lr: ClassVar[float] = 1e-5
     #: ImageNet weights file: inception_v3_google-0cc3c7bd.pth.
@@ -83,7 +81,7 @@ class InceptionV3Classifier(TorchvisionClassifier):
 
     def assemble(self, full: nn.Module, num_classes: int) -> nn.Module:
         assert isinstance(full, Inception3)
-        opts = typed_options(self, InceptionV3Options)
+        opts = self.options
         trunk = nn.Sequential(OrderedDict((name, getattr(full, name)) for name in TRUNK_MODULES))
         c, h, w = TRUNK_SHAPE
         return TransferNet(

@@ -17,13 +17,11 @@ from torch import nn
 from torchvision.models import ResNet, ResNet50_Weights, WeightsEnum, resnet50
 
 from cxraug import hookimpl
-from cxraug.interfaces import PluginOptions
 from cxraug.plugins.classifiers._common import (
     TorchvisionClassifier,
     TransferHeadOptions,
     TransferNet,
     dense_head,
-    typed_options,
 )
 
 #: Channels, height and width of ``conv5_block3_out`` (torchvision's ``layer4``) at 224x224.
@@ -36,7 +34,7 @@ class ResNet50Options(TransferHeadOptions):
     """Options of the ``resnet50`` classifier."""
 
 
-class ResNet50Classifier(TorchvisionClassifier):
+class ResNet50Classifier(TorchvisionClassifier[ResNet50Options]):
     """torchvision ResNet-50 up to ``layer4`` (no global pooling) + the dense head.
 
     ``backbone`` outputs 2048x7x7 at 224, so the head's first layer is Linear(100352, 1024) (about
@@ -46,7 +44,7 @@ class ResNet50Classifier(TorchvisionClassifier):
 
     name: ClassVar[str] = "resnet50"
     description: ClassVar[str] = "ResNet-50 (He et al. 2016) to conv5_block3_out + 1024-64 dense head"
-    Options: ClassVar[type[PluginOptions]] = ResNet50Options
+    Options: ClassVar[type[ResNet50Options]] = ResNet50Options
     default_lr: ClassVar[float] = 1e-4
     #: ImageNet weights file: resnet50-0676ba61.pth.
     imagenet_weights: ClassVar[WeightsEnum] = ResNet50_Weights.IMAGENET1K_V1
@@ -57,7 +55,7 @@ class ResNet50Classifier(TorchvisionClassifier):
 
     def assemble(self, full: nn.Module, num_classes: int) -> nn.Module:
         assert isinstance(full, ResNet)
-        opts = typed_options(self, ResNet50Options)
+        opts = self.options
         trunk = nn.Sequential(OrderedDict((name, getattr(full, name)) for name in TRUNK_MODULES))
         c, h, w = TRUNK_SHAPE
         return TransferNet(

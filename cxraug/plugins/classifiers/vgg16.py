@@ -15,13 +15,11 @@ from torch import nn
 from torchvision.models import VGG, VGG16_Weights, WeightsEnum, vgg16
 
 from cxraug import hookimpl
-from cxraug.interfaces import PluginOptions
 from cxraug.plugins.classifiers._common import (
     TorchvisionClassifier,
     TransferHeadOptions,
     TransferNet,
     dense_head,
-    typed_options,
 )
 
 #: Channels, height and width of ``block5_pool`` at 224x224.
@@ -32,7 +30,7 @@ class VGG16Options(TransferHeadOptions):
     """Options of the ``vgg16`` classifier."""
 
 
-class VGG16Classifier(TorchvisionClassifier):
+class VGG16Classifier(TorchvisionClassifier[VGG16Options]):
     """torchvision VGG16 ``features`` (13 convolutions, ending with block5's max-pool) + the dense head.
 
     ``backbone`` outputs 512x7x7 at 224; the head's first layer is Linear(25088, 1024). The backbone
@@ -41,7 +39,7 @@ class VGG16Classifier(TorchvisionClassifier):
 
     name: ClassVar[str] = "vgg16"
     description: ClassVar[str] = "VGG16 (Simonyan & Zisserman 2015) to block5_pool + 1024-64 dense head"
-    Options: ClassVar[type[PluginOptions]] = VGG16Options
+    Options: ClassVar[type[VGG16Options]] = VGG16Options
     default_lr: ClassVar[float] = 1e-3
     #: ImageNet weights file: vgg16-397923af.pth.
     imagenet_weights: ClassVar[WeightsEnum] = VGG16_Weights.IMAGENET1K_V1
@@ -52,7 +50,7 @@ class VGG16Classifier(TorchvisionClassifier):
 
     def assemble(self, full: nn.Module, num_classes: int) -> nn.Module:
         assert isinstance(full, VGG)
-        opts = typed_options(self, VGG16Options)
+        opts = self.options
         c, h, w = TRUNK_SHAPE
         return TransferNet(
             full.features, dense_head(c * h * w, num_classes, opts.dropout), frozen=opts.freeze_backbone

@@ -85,7 +85,17 @@ def _map_path(path: list[str]) -> str | None:
     return None
 
 
-class CohenAdapter(DatasetAdapter):
+class CohenOptions(PluginOptions):
+    """Options of the ``cohen`` dataset adapter."""
+
+    views: tuple[str, ...] = Field(
+        default=("PA", "AP", "AP Supine"),
+        description="X-ray views to keep (case-insensitive); empty keeps every view",
+    )
+    metadata: str = Field(default="metadata.csv", description="metadata file, relative to the root")
+
+
+class CohenAdapter(DatasetAdapter[CohenOptions]):
     """COVID-19 image data collection (Cohen et al.): chest X-rays and CTs with metadata.csv.
 
     Keeps X-ray rows whose ``view`` is among ``views``. Findings map to covid (any COVID-19),
@@ -104,14 +114,9 @@ class CohenAdapter(DatasetAdapter):
     name: ClassVar[str] = "cohen"
     description: ClassVar[str] = "COVID-19 image data collection (ieee8023), metadata.csv + images"
 
-    class Options(PluginOptions):
-        views: tuple[str, ...] = Field(
-            default=("PA", "AP", "AP Supine"),
-            description="X-ray views to keep (case-insensitive); empty keeps every view",
-        )
-        metadata: str = Field(default="metadata.csv", description="metadata file, relative to the root")
+    Options: ClassVar[type[CohenOptions]] = CohenOptions
 
-    def __init__(self, options: PluginOptions | None = None) -> None:
+    def __init__(self, options: CohenOptions | None = None) -> None:
         super().__init__(options)
         self._notes: list[str] = []
 
@@ -119,7 +124,7 @@ class CohenAdapter(DatasetAdapter):
         return list(self._notes)
 
     def records(self, root: Path | None) -> Iterator[Record]:
-        options: CohenAdapter.Options = self.options  # type: ignore[assignment]
+        options = self.options
         self._notes = []
         if root is None:
             raise DataError("cohen needs --root: a clone of ieee8023/covid-chestxray-dataset")

@@ -30,7 +30,27 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 MAX_LISTED = 10
 
 
-class CovidxAdapter(DatasetAdapter):
+class CovidxOptions(PluginOptions):
+    """Options of the ``covidx`` dataset adapter."""
+
+    train_file: str | None = Field(
+        default=None,
+        description="train label file, relative to the root (default: the one train*.txt; "
+        "empty string: read no train file)",
+    )
+    val_file: str | None = Field(
+        default=None,
+        description="val label file, relative to the root (default: the one val*.txt if "
+        "any; empty string: read no val file)",
+    )
+    test_file: str | None = Field(
+        default=None,
+        description="test label file, relative to the root (default: the one test*.txt; "
+        "empty string: read no test file)",
+    )
+
+
+class CovidxAdapter(DatasetAdapter[CovidxOptions]):
     """COVIDx (COVID-Net) chest X-ray benchmark, as label files plus one image folder per split.
 
     Each label file line is ``patientid filename label [source]``; the official split is the label
@@ -48,24 +68,9 @@ class CovidxAdapter(DatasetAdapter):
     name: ClassVar[str] = "covidx"
     description: ClassVar[str] = "COVIDx (COVID-Net) label files with train/val/test image folders"
 
-    class Options(PluginOptions):
-        train_file: str | None = Field(
-            default=None,
-            description="train label file, relative to the root (default: the one train*.txt; "
-            "empty string: read no train file)",
-        )
-        val_file: str | None = Field(
-            default=None,
-            description="val label file, relative to the root (default: the one val*.txt if "
-            "any; empty string: read no val file)",
-        )
-        test_file: str | None = Field(
-            default=None,
-            description="test label file, relative to the root (default: the one test*.txt; "
-            "empty string: read no test file)",
-        )
+    Options: ClassVar[type[CovidxOptions]] = CovidxOptions
 
-    def __init__(self, options: PluginOptions | None = None) -> None:
+    def __init__(self, options: CovidxOptions | None = None) -> None:
         super().__init__(options)
         self._notes: list[str] = []
 
@@ -80,7 +85,7 @@ class CovidxAdapter(DatasetAdapter):
             yield from self._read(root, split, label_file)
 
     def _label_files(self, root: Path) -> dict[str, Path]:
-        options: CovidxAdapter.Options = self.options  # type: ignore[assignment]
+        options = self.options
         chosen = {"train": options.train_file, "val": options.val_file, "test": options.test_file}
         found: dict[str, Path] = {}
         for split in SPLITS:

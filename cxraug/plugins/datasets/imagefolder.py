@@ -76,7 +76,28 @@ def alias(folder_name: str) -> str | None:
     return ALIASES.get(re.sub(r"[\s_\-]+", " ", folder_name.strip().lower()).strip())
 
 
-class ImageFolderAdapter(DatasetAdapter):
+class ImageFolderOptions(PluginOptions):
+    """Options of the ``imagefolder`` dataset adapter."""
+
+    label_map: dict[str, str] = Field(
+        default_factory=dict,
+        description="folder name -> label for folders the built-in aliases do not know "
+        "(names match case-insensitively)",
+    )
+    ignore: tuple[str, ...] = Field(default=(), description="folder names to skip (case-insensitive)")
+
+    @field_validator("label_map")
+    @classmethod
+    def _canonical(cls, value: dict[str, str]) -> dict[str, str]:
+        for folder, label in value.items():
+            if label not in VOCABULARY:
+                raise ValueError(
+                    f"folder {folder!r}: unknown label {label!r}; valid labels are {', '.join(VOCABULARY)}"
+                )
+        return value
+
+
+class ImageFolderAdapter(DatasetAdapter[ImageFolderOptions]):
     """Your own images in class folders: ``ROOT/CLASS/...`` or ``ROOT/{train,val,test}/CLASS/...``.
 
     Folder names map to labels case-insensitively (``COVID-19``, ``Normal``, ``Viral Pneumonia``,
@@ -91,29 +112,12 @@ class ImageFolderAdapter(DatasetAdapter):
     name: ClassVar[str] = "imagefolder"
     description: ClassVar[str] = "Any class-per-folder image tree, optionally inside train/val/test"
 
-    class Options(PluginOptions):
-        label_map: dict[str, str] = Field(
-            default_factory=dict,
-            description="folder name -> label for folders the built-in aliases do not know "
-            "(names match case-insensitively)",
-        )
-        ignore: tuple[str, ...] = Field(default=(), description="folder names to skip (case-insensitive)")
+    Options: ClassVar[type[ImageFolderOptions]] = ImageFolderOptions
 
-        @field_validator("label_map")
-        @classmethod
-        def _canonical(cls, value: dict[str, str]) -> dict[str, str]:
-            for folder, label in value.items():
-                if label not in VOCABULARY:
-                    raise ValueError(
-                        f"folder {folder!r}: unknown label {label!r}; valid labels are "
-                        f"{', '.join(VOCABULARY)}"
-                    )
-            return value
-
-    def __init__(self, options: PluginOptions | None = None) -> None:
+    def __init__(self, options: ImageFolderOptions | None = None) -> None:
         super().__init__(options)
         self._notes: list[str] = []
-        opts: ImageFolderAdapter.Options = self.options  # type: ignore[assignment]
+        opts = self.options
         self._label_map = {k.strip().lower(): v for k, v in opts.label_map.items()}
         self._ignore = {name.strip().lower() for name in opts.ignore}
 
@@ -144,7 +148,7 @@ class ImageFolderAdapter(DatasetAdapter):
                 )
             # Train before val before test, whatever the folder names sort as.
             order = list(SPLIT_FOLDERS.values())
-            groups = [
+            groups: list[tuple[str | None, Path]] = [
                 (SPLIT_FOLDERS[d.name.lower()], d)
                 for d in sorted(splits, key=lambda d: order.index(SPLIT_FOLDERS[d.name.lower()]))
             ]

@@ -51,7 +51,17 @@ def parse_name(stem: str, pneumonia: bool) -> tuple[str | None, str | None]:
     return None, None
 
 
-class KermanyAdapter(DatasetAdapter):
+class KermanyOptions(PluginOptions):
+    """Options of the ``kermany`` dataset adapter."""
+
+    subtypes: bool = Field(
+        default=True,
+        description="label pneumonia as pneumonia_bacterial / pneumonia_viral from the file "
+        "name; false: plain pneumonia",
+    )
+
+
+class KermanyAdapter(DatasetAdapter[KermanyOptions]):
     """Chest X-Ray Images (Pneumonia), Kermany et al.: pediatric AP X-rays, normal or pneumonia.
 
     The official split is the folder (``train``, ``val``, ``test``). Pneumonia file names tell
@@ -71,14 +81,9 @@ class KermanyAdapter(DatasetAdapter):
     name: ClassVar[str] = "kermany"
     description: ClassVar[str] = "Kermany et al. pediatric pneumonia X-rays (chest_xray/ folders)"
 
-    class Options(PluginOptions):
-        subtypes: bool = Field(
-            default=True,
-            description="label pneumonia as pneumonia_bacterial / pneumonia_viral from the file "
-            "name; false: plain pneumonia",
-        )
+    Options: ClassVar[type[KermanyOptions]] = KermanyOptions
 
-    def __init__(self, options: PluginOptions | None = None) -> None:
+    def __init__(self, options: KermanyOptions | None = None) -> None:
         super().__init__(options)
         self._notes: list[str] = []
 
@@ -86,7 +91,7 @@ class KermanyAdapter(DatasetAdapter):
         return list(self._notes)
 
     def records(self, root: Path | None) -> Iterator[Record]:
-        options: KermanyAdapter.Options = self.options  # type: ignore[assignment]
+        options = self.options
         self._notes = []
         if root is None:
             raise DataError("kermany needs --root: the unpacked chest_xray folder")

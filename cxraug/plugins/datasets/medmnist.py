@@ -99,7 +99,29 @@ def download(url: str, dest: Path) -> None:
         raise
 
 
-class MedMnistAdapter(DatasetAdapter):
+class MedMnistOptions(PluginOptions):
+    """Options of the ``medmnist`` dataset adapter."""
+
+    flag: Literal["pneumoniamnist", "chestmnist"] = Field(
+        default="pneumoniamnist",
+        description="which MedMNIST dataset: pneumoniamnist|chestmnist",
+    )
+    size: Literal[28, 64, 128, 224] = Field(
+        default=28,
+        description="image size of the file to fetch: 28, 64, 128 or 224 (MedMNIST+)",
+    )
+    file: str | None = Field(
+        default=None,
+        description="the .npz to read, absolute or relative to --root / ~/.medmnist "
+        "(default: FLAG.npz, or FLAG_SIZE.npz above 28 px)",
+    )
+    download: bool = Field(
+        default=True,
+        description="without --root, download the official file into ~/.medmnist if missing",
+    )
+
+
+class MedMnistAdapter(DatasetAdapter[MedMnistOptions]):
     """MedMNIST v2 PneumoniaMNIST or ChestMNIST, one ``.npz`` file with the official splits.
 
     PneumoniaMNIST holds pediatric chest X-rays (Kermany et al., Cell 2018) labelled normal or
@@ -118,26 +140,9 @@ class MedMnistAdapter(DatasetAdapter):
     description: ClassVar[str] = "MedMNIST PneumoniaMNIST / ChestMNIST .npz files (auto-download)"
     needs_root: ClassVar[bool] = False
 
-    class Options(PluginOptions):
-        flag: Literal["pneumoniamnist", "chestmnist"] = Field(
-            default="pneumoniamnist",
-            description="which MedMNIST dataset: pneumoniamnist|chestmnist",
-        )
-        size: Literal[28, 64, 128, 224] = Field(
-            default=28,
-            description="image size of the file to fetch: 28, 64, 128 or 224 (MedMNIST+)",
-        )
-        file: str | None = Field(
-            default=None,
-            description="the .npz to read, absolute or relative to --root / ~/.medmnist "
-            "(default: FLAG.npz, or FLAG_SIZE.npz above 28 px)",
-        )
-        download: bool = Field(
-            default=True,
-            description="without --root, download the official file into ~/.medmnist if missing",
-        )
+    Options: ClassVar[type[MedMnistOptions]] = MedMnistOptions
 
-    def __init__(self, options: PluginOptions | None = None) -> None:
+    def __init__(self, options: MedMnistOptions | None = None) -> None:
         super().__init__(options)
         self._notes: list[str] = []
 
@@ -146,7 +151,7 @@ class MedMnistAdapter(DatasetAdapter):
 
     def records(self, root: Path | None) -> Iterator[Record]:
         """Check the whole file first, so a bad file fails before any record is used."""
-        options: MedMnistAdapter.Options = self.options  # type: ignore[assignment]
+        options = self.options
         path = self._locate(root)
         arrays = _load(path)
         labels = {split: _labels(path, split, arrays[f"{split}_labels"], options.flag) for split in SPLITS}
@@ -171,7 +176,7 @@ class MedMnistAdapter(DatasetAdapter):
 
     def _locate(self, root: Path | None) -> Path:
         """The .npz to read: ``root`` itself, a file in the ``root`` folder, or the cache."""
-        options: MedMnistAdapter.Options = self.options  # type: ignore[assignment]
+        options = self.options
         default_name = file_name(options.flag, options.size)
         wanted = Path(options.file).expanduser() if options.file else Path(default_name)
         if root is not None:
@@ -288,7 +293,7 @@ def _labels(path: Path, split: str, raw: np.ndarray, flag: str) -> list[str | No
         names = np.where(rows[:, 0] == 1, PNEUMONIA, NORMAL)
         return names.tolist()
     pneumonia = rows[:, CHEST_FINDINGS.index("pneumonia")] == 1
-    clear = ~rows.any(axis=1)
+    clear = np.logical_not(rows.any(axis=1))
     return [
         PNEUMONIA if p else NORMAL if c else None
         for p, c in zip(pneumonia.tolist(), clear.tolist(), strict=True)

@@ -347,10 +347,10 @@ def _pathology(
     elif label in (PNEUMONIA, PNEUMONIA_BACTERIAL):
         # Dense lobar consolidation in one zone of one lung, bounded sharply by a fissure.
         frame = lungs[int(rng.integers(2))]
-        zone = int(rng.integers(3))
-        if zone == 0:
+        lobe = int(rng.integers(3))
+        if lobe == 0:
             region = _soft(rng.uniform(0.38, 0.48) - frame.down, 0.03)
-        elif zone == 1:
+        elif lobe == 1:
             region = _soft(frame.down - rng.uniform(0.3, 0.4), 0.03)
             region *= _soft(rng.uniform(0.65, 0.75) - frame.down, 0.1)
         else:
@@ -389,7 +389,37 @@ def _pathology(
     return total
 
 
-class PhantomAdapter(DatasetAdapter):
+class PhantomOptions(PluginOptions):
+    """Options of the ``phantom`` dataset adapter."""
+
+    classes: tuple[str, ...] = Field(
+        default=(COVID, NORMAL, PNEUMONIA),
+        description=f"labels to draw, from: {', '.join(VOCABULARY)}",
+    )
+    n_per_class: int = Field(default=200, ge=1, description="images drawn per class")
+    size: int = Field(default=64, ge=16, le=1024, description="image side in pixels")
+    seed: int = Field(default=0, ge=0, description="random seed; same seed, same images")
+    followup_fraction: float = Field(
+        default=0.25,
+        ge=0.0,
+        le=1.0,
+        description="fraction of patients with a second (follow-up) image, so patient ids repeat",
+    )
+
+    @field_validator("classes")
+    @classmethod
+    def _known_labels(cls, classes: tuple[str, ...]) -> tuple[str, ...]:
+        if not classes:
+            raise ValueError(f"give at least one class, from: {', '.join(VOCABULARY)}")
+        for label in classes:
+            if label not in VOCABULARY:
+                raise ValueError(f"unknown label {label!r}; valid labels are {', '.join(VOCABULARY)}")
+        if len(set(classes)) != len(classes):
+            raise ValueError(f"classes repeat a label: {', '.join(classes)}")
+        return classes
+
+
+class PhantomAdapter(DatasetAdapter[PhantomOptions]):
     """Synthetic chest-radiograph phantoms drawn on the fly: an offline demo, not real data.
 
     Each image is a procedural drawing (body, lungs, heart, mediastinum, ribs, clavicles, domes,
@@ -402,42 +432,18 @@ class PhantomAdapter(DatasetAdapter):
     description: ClassVar[str] = "synthetic chest X-ray phantoms drawn offline (demos and tests)"
     needs_root: ClassVar[bool] = False
     synthetic: ClassVar[bool] = True
+    demo: ClassVar[bool] = True
 
-    class Options(PluginOptions):
-        classes: tuple[str, ...] = Field(
-            default=(COVID, NORMAL, PNEUMONIA),
-            description=f"labels to draw, from: {', '.join(VOCABULARY)}",
-        )
-        n_per_class: int = Field(default=200, ge=1, description="images drawn per class")
-        size: int = Field(default=64, ge=16, le=1024, description="image side in pixels")
-        seed: int = Field(default=0, ge=0, description="random seed; same seed, same images")
-        followup_fraction: float = Field(
-            default=0.25,
-            ge=0.0,
-            le=1.0,
-            description="fraction of patients with a second (follow-up) image, so patient ids repeat",
-        )
-
-        @field_validator("classes")
-        @classmethod
-        def _known_labels(cls, classes: tuple[str, ...]) -> tuple[str, ...]:
-            if not classes:
-                raise ValueError(f"give at least one class, from: {', '.join(VOCABULARY)}")
-            for label in classes:
-                if label not in VOCABULARY:
-                    raise ValueError(f"unknown label {label!r}; valid labels are {', '.join(VOCABULARY)}")
-            if len(set(classes)) != len(classes):
-                raise ValueError(f"classes repeat a label: {', '.join(classes)}")
-            return classes
+    Options: ClassVar[type[PhantomOptions]] = PhantomOptions
 
     def records(self, root: Path | None) -> Iterator[Record]:
-        options: PhantomAdapter.Options = self.options  # type: ignore[assignment]
+        options = self.options
         if root is not None:
             logger.warning("phantom draws its images and ignores --root %s", root)
         for label in options.classes:
             yield from self._class_records(label, options)
 
-    def _class_records(self, label: str, options: PhantomAdapter.Options) -> Iterator[Record]:
+    def _class_records(self, label: str, options: PhantomOptions) -> Iterator[Record]:
         # Seeding by (seed, label, patient) keeps a class's images the same whatever other
         # classes are asked for.
         key = VOCABULARY.index(label)
@@ -465,7 +471,7 @@ class PhantomAdapter(DatasetAdapter):
                 index += 1
 
     def notes(self) -> list[str]:
-        options: PhantomAdapter.Options = self.options  # type: ignore[assignment]
+        options = self.options
         n_patients, n_followups = _patient_counts(options.n_per_class, options.followup_fraction)
         return [
             "SYNTHETIC PHANTOMS, NOT REAL X-RAYS: these images are drawn by a program, for demos "

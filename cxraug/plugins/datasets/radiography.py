@@ -32,7 +32,11 @@ NO_PATIENT_IDS = (
 )
 
 
-class RadiographyAdapter(DatasetAdapter):
+class RadiographyOptions(PluginOptions):
+    """The layout is detected; there is nothing to choose."""
+
+
+class RadiographyAdapter(DatasetAdapter[RadiographyOptions]):
     """COVID-19 Radiography Database (Kaggle): COVID-19, normal, viral pneumonia, lung opacity.
 
     Version 1 has ``COVID-19/``, ``NORMAL/`` and ``Viral Pneumonia/`` with the images inside;
@@ -53,10 +57,9 @@ class RadiographyAdapter(DatasetAdapter):
     name: ClassVar[str] = "radiography"
     description: ClassVar[str] = "Kaggle COVID-19 Radiography Database, any version"
 
-    class Options(PluginOptions):
-        """The layout is detected; there is nothing to choose."""
+    Options: ClassVar[type[RadiographyOptions]] = RadiographyOptions
 
-    def __init__(self, options: PluginOptions | None = None) -> None:
+    def __init__(self, options: RadiographyOptions | None = None) -> None:
         super().__init__(options)
         self._notes: list[str] = []
 

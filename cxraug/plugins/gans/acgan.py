@@ -53,7 +53,7 @@ class ACGANGenerator(nn.Module):
         return self.net(z * e if self.mode == "multiply" else torch.cat([z, e], dim=1))
 
 
-class ACGAN(GAN):
+class ACGAN(GAN[ACGANOptions]):
     """Auxiliary-classifier GAN (Odena et al. 2017; CovidGAN, Waheed et al. 2020).
 
     G is DCGAN's generator fed a label-embedded latent; D is DCGAN's discriminator with a second,
@@ -66,14 +66,11 @@ class ACGAN(GAN):
     conditional: ClassVar[bool] = True
     #: Length of a run without --kimg/--epochs: ~2 min at 64 px on a laptop CPU.
     default_kimg: ClassVar[float] = 4.0
-    Options: ClassVar[type[PluginOptions]] = ACGANOptions
+    Options: ClassVar[type[ACGANOptions]] = ACGANOptions
 
-    def __init__(self, options: PluginOptions | None, spec: GANSpec) -> None:
+    def __init__(self, options: ACGANOptions | None, spec: GANSpec) -> None:
         super().__init__(options, spec)
         o = self.options
-        if not isinstance(o, ACGANOptions):
-            raise TypeError(f"acgan expects ACGANOptions, got {type(o).__name__}")
-        self.opts = o
         _blocks.check_spec(spec, self.name, conditional=True)
         self.device = torch.device(spec.device)
         self._channels_last = o.channels_last and self.device.type == "cuda"
@@ -107,8 +104,8 @@ class ACGAN(GAN):
         if self._channels_last:
             real = real.contiguous(memory_format=torch.channels_last)
         b = real.shape[0]
-        w = self.opts.aux_weight
-        z = torch.randn(b, self.opts.latent_dim, device=self.device)
+        w = self.options.aux_weight
+        z = torch.randn(b, self.options.latent_dim, device=self.device)
         fake_labels = torch.randint(self.num_classes, (b,), device=self.device)
         fake = self._G(z, fake_labels)
 
@@ -153,11 +150,11 @@ class ACGAN(GAN):
         return dict(zip(keys, stats, strict=True))
 
     def sample_latents(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        return torch.randn(n, self.opts.latent_dim, generator=generator)
+        return torch.randn(n, self.options.latent_dim, generator=generator)
 
     def generate(self, z: torch.Tensor, labels: torch.Tensor, truncation: float = 1.0) -> torch.Tensor:
         """Images of class ``labels``; ``truncation`` < 1 scales z towards the mean."""
-        _blocks.check_latents(z, labels, self.opts.latent_dim, truncation, self.name)
+        _blocks.check_latents(z, labels, self.options.latent_dim, truncation, self.name)
         with _blocks.eval_mode(self.G):
             z = z.to(self.device, torch.float32) * truncation
             return self.G(z, labels.to(self.device, torch.long)).contiguous()

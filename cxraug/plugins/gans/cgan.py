@@ -97,7 +97,7 @@ class CGANDiscriminator(nn.Module):
         return self.fc(self.dropout(h.flatten(1))).view(-1)
 
 
-class CGAN(GAN):
+class CGAN(GAN[CGANOptions]):
     """Conditional DCGAN with label embeddings in G and D (published for COVID-19 vs normal).
 
     The discriminator is updated on steps 0, K, 2K, ... (K = ``d_every``, published 10); in the
@@ -109,14 +109,11 @@ class CGAN(GAN):
     conditional: ClassVar[bool] = True
     #: Length of a run without --kimg/--epochs: ~2 min at 64 px on a laptop CPU.
     default_kimg: ClassVar[float] = 4.0
-    Options: ClassVar[type[PluginOptions]] = CGANOptions
+    Options: ClassVar[type[CGANOptions]] = CGANOptions
 
-    def __init__(self, options: PluginOptions | None, spec: GANSpec) -> None:
+    def __init__(self, options: CGANOptions | None, spec: GANSpec) -> None:
         super().__init__(options, spec)
         o = self.options
-        if not isinstance(o, CGANOptions):
-            raise TypeError(f"cgan expects CGANOptions, got {type(o).__name__}")
-        self.opts = o
         steps = _blocks.check_spec(spec, self.name, conditional=True)
         self.device = torch.device(spec.device)
         self._channels_last = o.channels_last and self.device.type == "cuda"
@@ -171,9 +168,9 @@ class CGAN(GAN):
         _blocks.check_batch(real, labels, self.spec, self.name)
         if self._channels_last:
             real = real.contiguous(memory_format=torch.channels_last)
-        update_d = self.step % self.opts.d_every == 0
+        update_d = self.step % self.options.d_every == 0
         self.step += 1
-        z = torch.randn(real.shape[0], self.opts.nz, device=self.device)
+        z = torch.randn(real.shape[0], self.options.nz, device=self.device)
         fake = self._G(z, labels)
 
         scalars: list[torch.Tensor] = []
@@ -220,11 +217,11 @@ class CGAN(GAN):
             scheduler.step()
 
     def sample_latents(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        return torch.randn(n, self.opts.nz, generator=generator)
+        return torch.randn(n, self.options.nz, generator=generator)
 
     def generate(self, z: torch.Tensor, labels: torch.Tensor, truncation: float = 1.0) -> torch.Tensor:
         """Images of class ``labels``; ``truncation`` < 1 scales z towards the mean."""
-        _blocks.check_latents(z, labels, self.opts.nz, truncation, self.name)
+        _blocks.check_latents(z, labels, self.options.nz, truncation, self.name)
         with _blocks.eval_mode(self.G):
             z = z.to(self.device, torch.float32) * truncation
             return self.G(z, labels.to(self.device, torch.long)).contiguous()

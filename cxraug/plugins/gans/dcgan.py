@@ -34,7 +34,7 @@ class DCGANOptions(PluginOptions):
     channels_last: bool = Field(True, description="Use channels_last memory format on CUDA.")
 
 
-class DCGAN(GAN):
+class DCGAN(GAN[DCGANOptions]):
     """Deep convolutional GAN (Radford et al. 2016).
 
     At 64x64 with ngf = ndf = 64 the networks are exactly the published ones:
@@ -47,14 +47,11 @@ class DCGAN(GAN):
     conditional: ClassVar[bool] = False
     #: Length of a run without --kimg/--epochs: per label: ~2 min for 3 labels at 64 px on a laptop CPU.
     default_kimg: ClassVar[float] = 2.0
-    Options: ClassVar[type[PluginOptions]] = DCGANOptions
+    Options: ClassVar[type[DCGANOptions]] = DCGANOptions
 
-    def __init__(self, options: PluginOptions | None, spec: GANSpec) -> None:
+    def __init__(self, options: DCGANOptions | None, spec: GANSpec) -> None:
         super().__init__(options, spec)
         o = self.options
-        if not isinstance(o, DCGANOptions):
-            raise TypeError(f"dcgan expects DCGANOptions, got {type(o).__name__}")
-        self.opts = o
         _blocks.check_spec(spec, self.name, conditional=False)
         self.device = torch.device(spec.device)
         self._channels_last = o.channels_last and self.device.type == "cuda"
@@ -84,7 +81,7 @@ class DCGAN(GAN):
         _blocks.check_batch(real, labels, self.spec, self.name)
         if self._channels_last:
             real = real.contiguous(memory_format=torch.channels_last)
-        z = torch.randn(real.shape[0], self.opts.nz, device=self.device)
+        z = torch.randn(real.shape[0], self.options.nz, device=self.device)
         fake = self._G(z)
 
         # D step: real and fake batches kept apart (separate batch-norm statistics, as published);
@@ -93,7 +90,7 @@ class DCGAN(GAN):
         with _blocks.no_sync(self._D):
             out_real = self._D(real)
             loss_real = F.binary_cross_entropy_with_logits(
-                out_real, torch.full_like(out_real, 1.0 - self.opts.label_smoothing)
+                out_real, torch.full_like(out_real, 1.0 - self.options.label_smoothing)
             )
             loss_real.backward()
         out_fake = self._D(fake.detach())
@@ -122,11 +119,11 @@ class DCGAN(GAN):
         return dict(zip(("loss_d", "loss_g", "d_real", "d_fake"), stats, strict=True))
 
     def sample_latents(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        return torch.randn(n, self.opts.nz, generator=generator)
+        return torch.randn(n, self.options.nz, generator=generator)
 
     def generate(self, z: torch.Tensor, labels: torch.Tensor, truncation: float = 1.0) -> torch.Tensor:
         """Images for ``z``; labels are ignored. ``truncation`` < 1 scales z towards the mean."""
-        _blocks.check_latents(z, labels, self.opts.nz, truncation, self.name)
+        _blocks.check_latents(z, labels, self.options.nz, truncation, self.name)
         with _blocks.eval_mode(self.G):
             z = z.to(self.device, torch.float32) * truncation
             return self.G(z).contiguous()

@@ -145,7 +145,7 @@ class StyleGAN2Options(PluginOptions):
         return ",".join(names)
 
 
-class StyleGAN2(GAN):
+class StyleGAN2(GAN[StyleGAN2Options]):
     """StyleGAN2 (Karras et al. 2020) with ADA (Karras et al. 2020) or DiffAugment (Zhao et al.
     2020): skip generator, residual discriminator, lazy R1, optional path-length regularisation.
 
@@ -159,14 +159,11 @@ class StyleGAN2(GAN):
     #: Length of a run without --kimg/--epochs: a smoke run (~2-3 min on a laptop CPU at 64 px);
     #: real training needs thousands of kimg on a GPU.
     default_kimg: ClassVar[float] = 0.2
-    Options: ClassVar[type[PluginOptions]] = StyleGAN2Options
+    Options: ClassVar[type[StyleGAN2Options]] = StyleGAN2Options
 
-    def __init__(self, options: PluginOptions | None, spec: GANSpec) -> None:
+    def __init__(self, options: StyleGAN2Options | None, spec: GANSpec) -> None:
         super().__init__(options, spec)
         o = self.options
-        if not isinstance(o, StyleGAN2Options):
-            raise TypeError(f"stylegan2 expects StyleGAN2Options, got {type(o).__name__}")
-        self.opts = o
         self._check_spec(spec)
         self.device = torch.device(spec.device)
         size = spec.image_size
@@ -227,7 +224,7 @@ class StyleGAN2(GAN):
     # ------------------------------------------------------------------------------ construction
 
     def _check_spec(self, spec: GANSpec) -> None:
-        o = self.opts
+        o = self.options
         size = spec.image_size
         if not (MIN_SIZE <= size <= MAX_SIZE and size & (size - 1) == 0):
             valid = ", ".join(str(2**i) for i in range(5, 10))
@@ -277,13 +274,13 @@ class StyleGAN2(GAN):
         return {"G": self.opt_g, "D": self.opt_d}
 
     def sample_latents(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        return torch.randn(n, self.opts.z_dim, generator=generator)
+        return torch.randn(n, self.options.z_dim, generator=generator)
 
     @torch.no_grad()
     def generate(self, z: torch.Tensor, labels: torch.Tensor, truncation: float = 1.0) -> torch.Tensor:
         """Deterministic images from G_ema (constant noise); ``truncation`` is psi (1: none)."""
-        if z.dim() != 2 or z.shape[1] != self.opts.z_dim:
-            raise ValueError(f"stylegan2.generate: z must be (N, {self.opts.z_dim}), got {tuple(z.shape)}")
+        if z.dim() != 2 or z.shape[1] != self.options.z_dim:
+            raise ValueError(f"stylegan2.generate: z must be (N, {self.options.z_dim}), got {tuple(z.shape)}")
         if labels.shape != (z.shape[0],):
             raise ValueError(f"stylegan2.generate: labels must be ({z.shape[0]},), got {tuple(labels.shape)}")
         if not 0.0 <= truncation <= 1.0:
@@ -320,9 +317,9 @@ class StyleGAN2(GAN):
     # ------------------------------------------------------------------------------- training
 
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
-        if self.opts.augment == "ada":
+        if self.options.augment == "ada":
             return ada_augment(x, self.ada.p)
-        if self.opts.augment == "diffaug":
+        if self.options.augment == "diffaug":
             return diff_augment(x, self._policy)
         return x
 
@@ -345,7 +342,7 @@ class StyleGAN2(GAN):
 
     def train_step(self, real: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         self._check_batch(real, labels)
-        o = self.opts
+        o = self.options
         G_train, D_train = self._wrapped()
         real = real.to(self.device, torch.float32)
         c = labels.to(self.device, torch.long)
@@ -403,7 +400,7 @@ class StyleGAN2(GAN):
 
     def _path_length_step(self, batch: int, c: torch.Tensor) -> None:
         """Path-length regularisation on half a batch, through the raw G (double backward)."""
-        o = self.opts
+        o = self.options
         n = max(batch // 2, 1)
         z = torch.randn(n, o.z_dim, device=self.device)
         img, ws = self.G(z, c[:n], style_mixing=o.style_mixing, return_ws=True)
@@ -426,7 +423,7 @@ class StyleGAN2(GAN):
 
     def _r1_step(self, real: torch.Tensor, c: torch.Tensor, group: int) -> None:
         """R1 on (augmented) reals, gradient w.r.t. the unaugmented images, through the raw D."""
-        o = self.opts
+        o = self.options
         x = real.detach().requires_grad_(True)
         logits = self.D(self._augment(x), c, group_size=group)
         (grads,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
@@ -440,7 +437,7 @@ class StyleGAN2(GAN):
 
     @torch.no_grad()
     def _update_ema(self, images: int) -> None:
-        o = self.opts
+        o = self.options
         half_life = o.ema_kimg * 1000
         if o.ema_rampup > 0:
             half_life = min(half_life, self._nimg * o.ema_rampup)

@@ -166,6 +166,7 @@ class SynthesisLayer(nn.Module):
         self.noise_strength = nn.Parameter(torch.zeros([]))
         # Fixed per-layer noise for deterministic generation (noise_mode="const").
         self.register_buffer("noise_const", torch.randn(resolution, resolution))
+        self.noise_const: torch.Tensor
         self.up = up
         self.resolution = resolution
 
@@ -273,16 +274,17 @@ class SynthesisNetwork(nn.Module):
             out_ch = channels_at(res, channel_base, channel_max)
             blocks.append(SynthesisBlock(in_ch, out_ch, w_dim, res, img_channels, grouped=grouped))
         self.blocks = nn.ModuleList(blocks)
+        self.block_convs = [b.num_conv for b in blocks]
         # A block's toRGB shares its w with the next block's first convolution.
-        self.num_ws = sum(b.num_conv for b in self.blocks) + 1
+        self.num_ws = sum(self.block_convs) + 1
 
     def forward(self, ws: torch.Tensor, noise_mode: str = "random") -> torch.Tensor:
         x: torch.Tensor | None = None
         img: torch.Tensor | None = None
         index = 0
-        for block in self.blocks:
-            x, img = block(x, img, ws[:, index : index + block.num_conv + 1], noise_mode)
-            index += block.num_conv
+        for block, num_conv in zip(self.blocks, self.block_convs, strict=True):
+            x, img = block(x, img, ws[:, index : index + num_conv + 1], noise_mode)
+            index += num_conv
         assert img is not None
         return img
 
@@ -311,6 +313,7 @@ class MappingNetwork(nn.Module):
             features = w_dim
         self.layers = nn.Sequential(*layers)
         self.register_buffer("w_avg", torch.zeros(w_dim))
+        self.w_avg: torch.Tensor
 
     def forward(
         self,

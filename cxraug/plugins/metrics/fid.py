@@ -12,8 +12,8 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from cxraug import hookimpl
-from cxraug.interfaces import Metric, MetricInputs, MetricResult, PluginOptions
-from cxraug.metrics.features import FeatureOptions, features_from_context
+from cxraug.interfaces import Metric, MetricInputs, MetricResult
+from cxraug.metrics.features import FeatureOptions, features_service
 
 
 class FIDOptions(FeatureOptions):
@@ -26,21 +26,20 @@ class FIDOptions(FeatureOptions):
     )
 
 
-class FID(Metric):
+class FID(Metric[FIDOptions]):
     """Frechet Inception Distance between real and generated images (lower is better)."""
 
     name: ClassVar[str] = "fid"
     description: ClassVar[str] = "Frechet Inception Distance (clean-fid), overall and per label"
     requires: ClassVar[frozenset[str]] = frozenset({"real", "generated"})
-    Options: ClassVar[type[PluginOptions]] = FIDOptions
+    Options: ClassVar[type[FIDOptions]] = FIDOptions
 
     def compute(self, inputs: MetricInputs) -> MetricResult:
         from cxraug.metrics.generative import fid, label_subsets
 
         o = self.options
-        assert isinstance(o, FIDOptions)
         assert inputs.real is not None and inputs.generated is not None
-        features = features_from_context(inputs.context)
+        features = features_service(inputs.services)
         real = features(inputs.real, "real", mode=o.mode, batch_size=o.batch_size)
         gen = features(inputs.generated, "generated", mode=o.mode, batch_size=o.batch_size)
         values = {"fid": fid(real, gen, o.method)}

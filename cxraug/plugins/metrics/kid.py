@@ -12,8 +12,8 @@ from typing import ClassVar
 from pydantic import Field
 
 from cxraug import hookimpl
-from cxraug.interfaces import Metric, MetricInputs, MetricResult, PluginOptions
-from cxraug.metrics.features import FeatureOptions, features_from_context
+from cxraug.interfaces import Metric, MetricInputs, MetricResult
+from cxraug.metrics.features import FeatureOptions, features_service
 
 
 class KIDOptions(FeatureOptions):
@@ -24,21 +24,20 @@ class KIDOptions(FeatureOptions):
     seed: int = Field(0, ge=0, description="Seed of the subset draws.")
 
 
-class KID(Metric):
+class KID(Metric[KIDOptions]):
     """Kernel Inception Distance between real and generated images (lower is better)."""
 
     name: ClassVar[str] = "kid"
     description: ClassVar[str] = "Kernel Inception Distance (Binkowski et al. 2018), overall and per label"
     requires: ClassVar[frozenset[str]] = frozenset({"real", "generated"})
-    Options: ClassVar[type[PluginOptions]] = KIDOptions
+    Options: ClassVar[type[KIDOptions]] = KIDOptions
 
     def compute(self, inputs: MetricInputs) -> MetricResult:
         from cxraug.metrics.generative import kid, label_subsets
 
         o = self.options
-        assert isinstance(o, KIDOptions)
         assert inputs.real is not None and inputs.generated is not None
-        features = features_from_context(inputs.context)
+        features = features_service(inputs.services)
         real = features(inputs.real, "real", mode=o.mode, batch_size=o.batch_size)
         gen = features(inputs.generated, "generated", mode=o.mode, batch_size=o.batch_size)
         args = (o.num_subsets, o.max_subset_size, o.seed)

@@ -16,8 +16,8 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from cxraug import hookimpl
-from cxraug.interfaces import Metric, MetricInputs, MetricResult, PluginOptions
-from cxraug.metrics.features import FeatureOptions, features_from_context
+from cxraug.interfaces import Metric, MetricInputs, MetricResult
+from cxraug.metrics.features import FeatureOptions, features_service
 
 PAIRS_FILE = "memorization_pairs.png"
 
@@ -46,7 +46,7 @@ class MemorizationOptions(FeatureOptions):
     k_closest: int = Field(16, ge=0, le=1000, description="Closest (generated, training) pairs to show.")
 
 
-class Memorization(Metric):
+class Memorization(Metric[MemorizationOptions]):
     """Share of generated images closer to a training image than real images come (lower is better)."""
 
     name: ClassVar[str] = "memorization"
@@ -54,18 +54,18 @@ class Memorization(Metric):
         "Nearest-training-image distances: share of generated images that look copied"
     )
     requires: ClassVar[frozenset[str]] = frozenset({"train", "generated"})
-    Options: ClassVar[type[PluginOptions]] = MemorizationOptions
+    Options: ClassVar[type[MemorizationOptions]] = MemorizationOptions
 
     def compute(self, inputs: MetricInputs) -> MetricResult:
         from cxraug.errors import CxrError
         from cxraug.metrics.generative import memorization, pixel_features, save_pairs_grid
 
         o = self.options
-        assert isinstance(o, MemorizationOptions)
         assert inputs.train is not None and inputs.generated is not None
         # The held-out reference: real images the GAN never saw (the core passes the evaluated
-        # split as context["holdout"]); the real images of FID may be the training split itself.
-        candidate = inputs.context.get("holdout", inputs.real)
+        # split as services.holdout); the real images of FID may be the training split itself.
+        holdout_images = inputs.services.holdout
+        candidate = holdout_images if holdout_images is not None else inputs.real
         if candidate is not None and inputs.train is not None and candidate is inputs.train:
             candidate = None
         holdout = candidate if o.reference in ("auto", "holdout") else None
@@ -76,7 +76,7 @@ class Memorization(Metric):
             train = pixel_features(inputs.train, o.pixel_size)
             ref = pixel_features(holdout, o.pixel_size) if holdout is not None else None
         else:
-            features = features_from_context(inputs.context)
+            features = features_service(inputs.services)
             gen = features(inputs.generated, "generated", mode=o.mode, batch_size=o.batch_size)
             train = features(inputs.train, "train", mode=o.mode, batch_size=o.batch_size)
             ref = (

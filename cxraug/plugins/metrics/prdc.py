@@ -13,8 +13,8 @@ from typing import ClassVar
 from pydantic import Field
 
 from cxraug import hookimpl
-from cxraug.interfaces import Metric, MetricInputs, MetricResult, PluginOptions
-from cxraug.metrics.features import FeatureOptions, features_from_context
+from cxraug.interfaces import Metric, MetricInputs, MetricResult
+from cxraug.metrics.features import FeatureOptions, features_service
 
 
 class PRDCOptions(FeatureOptions):
@@ -23,7 +23,7 @@ class PRDCOptions(FeatureOptions):
     k: int = Field(5, ge=1, le=1000, description="Neighbour whose distance sets each ball's radius.")
 
 
-class PRDC(Metric):
+class PRDC(Metric[PRDCOptions]):
     """Precision, recall, density and coverage of generated images (higher is better)."""
 
     name: ClassVar[str] = "prdc"
@@ -31,15 +31,14 @@ class PRDC(Metric):
         "Precision/recall/density/coverage (Naeem et al. 2020), overall and per label"
     )
     requires: ClassVar[frozenset[str]] = frozenset({"real", "generated"})
-    Options: ClassVar[type[PluginOptions]] = PRDCOptions
+    Options: ClassVar[type[PRDCOptions]] = PRDCOptions
 
     def compute(self, inputs: MetricInputs) -> MetricResult:
         from cxraug.metrics.generative import label_subsets, prdc
 
         o = self.options
-        assert isinstance(o, PRDCOptions)
         assert inputs.real is not None and inputs.generated is not None
-        features = features_from_context(inputs.context)
+        features = features_service(inputs.services)
         real = features(inputs.real, "real", mode=o.mode, batch_size=o.batch_size)
         gen = features(inputs.generated, "generated", mode=o.mode, batch_size=o.batch_size)
         values = prdc(real, gen, k=o.k)

@@ -25,13 +25,13 @@ class ROCOptions(PluginOptions):
     seed: int = Field(0, ge=0, description="Seed of the bootstrap.")
 
 
-class ROC(Metric):
+class ROC(Metric[ROCOptions]):
     """ROC-AUC (per label, macro) with bootstrap CIs, sensitivity/specificity, accuracy, F1."""
 
     name: ClassVar[str] = "roc"
     description: ClassVar[str] = "Classifier ROC-AUC with bootstrap CIs, sens/spec, accuracy, F1, confusion"
     requires: ClassVar[frozenset[str]] = frozenset({"y_true", "y_score"})
-    Options: ClassVar[type[PluginOptions]] = ROCOptions
+    Options: ClassVar[type[ROCOptions]] = ROCOptions
 
     def compute(self, inputs: MetricInputs) -> MetricResult:
         import math
@@ -39,7 +39,6 @@ class ROC(Metric):
         from cxraug.metrics.classification import confusion_plot, evaluate_classifier, roc_plot
 
         o = self.options
-        assert isinstance(o, ROCOptions)
         assert inputs.y_true is not None and inputs.y_score is not None
         rep = evaluate_classifier(
             inputs.y_true,

@@ -56,7 +56,7 @@ def _frozen(module: nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-class WGANGP(GAN):
+class WGANGP(GAN[WGANGPOptions]):
     """Class-conditional WGAN-GP: a DCGAN-like generator, a projection critic without batch norm.
 
     Each ``train_step`` is one critic update on the batch (loss D(fake) - D(real) + lambda * GP);
@@ -69,14 +69,11 @@ class WGANGP(GAN):
     conditional: ClassVar[bool] = True
     #: One G update per n_critic steps makes a step cheap; 2 kimg is a quick first look.
     default_kimg: ClassVar[float] = 2.0
-    Options: ClassVar[type[PluginOptions]] = WGANGPOptions
+    Options: ClassVar[type[WGANGPOptions]] = WGANGPOptions
 
-    def __init__(self, options: PluginOptions | None, spec: GANSpec) -> None:
+    def __init__(self, options: WGANGPOptions | None, spec: GANSpec) -> None:
         super().__init__(options, spec)
         o = self.options
-        if not isinstance(o, WGANGPOptions):
-            raise TypeError(f"wgan-gp expects WGANGPOptions, got {type(o).__name__}")
-        self.opts = o
         size = spec.image_size
         if not (MIN_SIZE <= size <= MAX_SIZE and size & (size - 1) == 0):
             raise OptionsError(
@@ -117,7 +114,7 @@ class WGANGP(GAN):
             raise ValueError(
                 f"wgan-gp.train_step: labels must be ({real.shape[0]},), got {tuple(labels.shape)}"
             )
-        o, dist = self.opts, self.spec.dist
+        o, dist = self.options, self.spec.dist
         b = real.shape[0]
         update_g = (self.step + 1) % o.n_critic == 0
         self.step += 1
@@ -159,11 +156,11 @@ class WGANGP(GAN):
         }
 
     def sample_latents(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        return torch.randn(n, self.opts.nz, generator=generator)
+        return torch.randn(n, self.options.nz, generator=generator)
 
     def generate(self, z: torch.Tensor, labels: torch.Tensor, truncation: float = 1.0) -> torch.Tensor:
         """Images of class ``labels``; ``truncation`` < 1 scales z towards the mean."""
-        nz = self.opts.nz
+        nz = self.options.nz
         if z.dim() != 2 or z.shape[1] != nz:
             raise ValueError(f"wgan-gp.generate: z must be (N, {nz}), got {tuple(z.shape)}")
         if labels.shape != (z.shape[0],):
