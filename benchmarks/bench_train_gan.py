@@ -24,7 +24,8 @@ from cxraug.data.prepare import PrepareSettings, Source, prepare_dataset
 from cxraug.plugins.datasets.phantom import PhantomAdapter
 from cxraug.plugins.gans.dcgan import DCGAN
 from cxraug.plugins.gans.stylegan2 import StyleGAN2
-from cxraug.training.gan_trainer import GANTrainConfig, GANTrainer
+from cxraug.training.gan_run import GanSettings
+from cxraug.training.gan_trainer import GANTrainer
 from cxraug.workspace import Workspace
 
 
@@ -107,7 +108,7 @@ def engine(
     """Images/s of the engine, timing only steps after the first two (same as the plain loop)."""
     rates = []
     for total in (2, steps + 2):
-        config = GANTrainConfig(
+        config = GanSettings(
             arch=cls.name,
             data=dataset.name,
             classes=list(dataset.classes),

@@ -24,7 +24,7 @@ def split_list(values: Any) -> list[str]:
     if isinstance(values, str):
         values = [values]
     if not isinstance(values, (list, tuple)):
-        return values  # type: ignore[no-any-return]  # let the list validator name the wrong type
+        return values  # the list validator names the wrong type
     return [v.strip() for item in values for v in str(item).split(",") if v.strip()]
 
 

@@ -277,13 +277,14 @@ def test_synthetic_impossible_filter_says_the_pass_rate(gan_workspace, monkeypat
 
 
 def test_synthetic_scorer_uses_the_classifier_api(gan_workspace, monkeypatch):
-    """The real _scorer glue, with load_classifier/predict_proba replaced by stand-ins."""
-    from cxraug.training import classifier_trainer
-
-    loaded = type("Loaded", (), {"labels": ["normal", "covid"], "input_size": 16})()
+    """The real _scorer glue, with the classifier loading replaced by a stand-in."""
     probs = np.array([[0.3, 0.7], [0.8, 0.2]])
-    monkeypatch.setattr(classifier_trainer, "load_classifier", lambda run, registry, device: loaded)
-    monkeypatch.setattr(classifier_trainer, "predict_proba", lambda ld, images, batch_size=64: probs)
+    loaded = type(
+        "Loaded",
+        (),
+        {"labels": ["normal", "covid"], "input_size": 16, "predict_proba": lambda self, im: probs},
+    )()
+    monkeypatch.setattr(synthetic, "load_classifier", lambda run, registry, device: loaded)
     run = gan_workspace.runs_dir / "classifier" / "ref"
     run.mkdir(parents=True, exist_ok=True)
     (run / "options.json").write_text("{}")

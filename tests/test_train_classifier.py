@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from cxraug.plugins import build_registry, get_plugin_manager
-from cxraug.training.classifier_trainer import class_weight_tensor, load_classifier, predict_proba
-from cxraug.training.runs import list_runs
+from cxraug.training.classifier_run import ClassifierRun
+from cxraug.training.classifier_trainer import class_weight_tensor
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ def small_data(cxraug_cli) -> str:
 
 
 def _latest(ws) -> Path:
-    return list_runs(ws, "classifier")[-1]
+    return ClassifierRun.all(ws)[-1].path
 
 
 @pytest.mark.parametrize("arch", ["alexnet", "vgg16", "resnet50", "inception_v3", "cnn", "densenet121"])
@@ -65,8 +65,8 @@ def test_every_classifier_trains(arch, cxraug_cli, cxraug_workspace, small_data)
     assert (run / "best.pt").is_file() and (run / "metrics.png").is_file()
     options = json.loads((run / "options.json").read_text())
     assert options["status"] == "finished" and options["config"]["pretrained"] is False
-    loaded = load_classifier(run, build_registry(get_plugin_manager()))
-    probs = predict_proba(loaded, np.zeros((3, 32, 32), np.uint8))
+    loaded = ClassifierRun(run).load(build_registry(get_plugin_manager()))
+    probs = loaded.predict_proba(np.zeros((3, 32, 32), np.uint8))
     assert probs.shape == (3, 2) and np.allclose(probs.sum(1), 1, atol=1e-5)
 
 

@@ -28,55 +28,59 @@ from cxraug.settings import build_settings
 from cxraug.training.augmentation import AugmentSettings, plan_augment, run_augment
 from cxraug.ui import console
 
+DataOpt = Annotated[
+    str | None,
+    typer.Option("--data", help="Source dataset (default: the GAN run's, else the latest)."),
+]
+SyntheticOpt = Annotated[
+    int, typer.Option("--synthetic", help="Synthetic images to add (balanced over labels).")
+]
+GanOpt = Annotated[str | None, typer.Option("--gan", help="GAN run for synthetic images (default: latest).")]
+LabelOpt = Annotated[str | None, typer.Option("--label", help="Put all new images in this label.")]
+PerClassOpt = Annotated[
+    str | None, typer.Option("--per-class", help="Synthetic counts per label: covid=600,normal=400.")
+]
+ClassicOpt = Annotated[
+    int, typer.Option("--classic", help="Classic-augmented images to add (balanced over labels).")
+]
+ClassicPerClassOpt = Annotated[
+    str | None, typer.Option("--classic-per-class", help="Classic counts per label.")
+]
+TruncationOpt = Annotated[float | None, typer.Option("--truncation", help="Truncation psi of the GAN.")]
+FilterRunOpt = Annotated[
+    Path | None,
+    typer.Option("--filter", help="Classifier run that must recognise each synthetic image's label."),
+]
+MinConfidenceOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--min-confidence", help="Probability of the intended label needed to keep a synthetic image."
+    ),
+]
+NameOpt = Annotated[str | None, typer.Option("--name", help="New dataset name (default: derived).")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing dataset of that name.")]
+
 
 def add_commands(app: typer.Typer, ctx: AppContext) -> None:
     @app.command("augment")
     @handle_errors
     def augment(
         typer_ctx: typer.Context,
-        data: Annotated[
-            str | None,
-            typer.Option("--data", help="Source dataset (default: the GAN run's, else the latest)."),
-        ] = None,
-        synthetic: Annotated[
-            int, typer.Option("--synthetic", help="Synthetic images to add (balanced over labels).")
-        ] = 0,
-        gan: Annotated[
-            str | None, typer.Option("--gan", help="GAN run for synthetic images (default: latest).")
-        ] = None,
-        label: Annotated[
-            str | None, typer.Option("--label", help="Put all new images in this label.")
-        ] = None,
-        per_class: Annotated[
-            str | None, typer.Option("--per-class", help="Synthetic counts per label: covid=600,normal=400.")
-        ] = None,
-        classic: Annotated[
-            int, typer.Option("--classic", help="Classic-augmented images to add (balanced over labels).")
-        ] = 0,
-        classic_per_class: Annotated[
-            str | None, typer.Option("--classic-per-class", help="Classic counts per label.")
-        ] = None,
-        truncation: Annotated[
-            float | None, typer.Option("--truncation", help="Truncation psi of the GAN.")
-        ] = None,
-        filter_run: Annotated[
-            Path | None,
-            typer.Option("--filter", help="Classifier run that must recognise each synthetic image's label."),
-        ] = None,
-        min_confidence: Annotated[
-            float | None,
-            typer.Option(
-                "--min-confidence", help="Probability of the intended label needed to keep a synthetic image."
-            ),
-        ] = None,
-        name: Annotated[
-            str | None, typer.Option("--name", help="New dataset name (default: derived).")
-        ] = None,
-        seed: Annotated[int, typer.Option("--seed", help="Seed.")] = 0,
+        data: DataOpt = None,
+        synthetic: SyntheticOpt = 0,
+        gan: GanOpt = None,
+        label: LabelOpt = None,
+        per_class: PerClassOpt = None,
+        classic: ClassicOpt = 0,
+        classic_per_class: ClassicPerClassOpt = None,
+        truncation: TruncationOpt = None,
+        filter_run: FilterRunOpt = None,
+        min_confidence: MinConfidenceOpt = None,
+        name: NameOpt = None,
+        seed: SeedOpt = 0,
         device: DeviceOpt = "auto",
-        force: Annotated[
-            bool, typer.Option("--force", help="Replace an existing dataset of that name.")
-        ] = False,
+        force: ForceOpt = False,
         opt: OptOpt = None,
         config: ConfigOpt = None,
         dry_run: DryRunOpt = False,

@@ -182,6 +182,8 @@ def per_plugin_options(
     """``[KIND.NAME]`` config tables merged with ``--opt NAME.KEY=VALUE`` (flags win), by plugin name."""
     bad = [k for k, v in opts.items() if not isinstance(v, dict)]
     if bad:
-        raise OptionsError(f"--opt {bad[0]}=...: prefix options with the plugin's name, e.g. --opt {example}")
+        raise OptionsError(
+            f"--opt {bad[0]}=...: prefix {kind} options with the plugin's name, e.g. --opt {example}"
+        )
     tables = config.get(kind, {})
     return {k: {**tables.get(k, {}), **opts.get(k, {})} for k in {*tables, *opts}}

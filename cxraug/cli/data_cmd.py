@@ -56,12 +56,38 @@ def sample_grid(dataset: PreparedDataset, per_label: int = 8, seed: int = 0) -> 
     rows = []
     for label in dataset.classes:
         idx = dataset.indices(None, [label])
-        pick = rng.choice(idx, size=min(per_label, len(idx)), replace=False) if len(idx) else []
+        pick: Any = rng.choice(idx, size=min(per_label, len(idx)), replace=False) if len(idx) else []
         row = np.zeros((s, s * per_label), dtype=np.uint8)
         for k, i in enumerate(sorted(pick)):
             row[:, k * s : (k + 1) * s] = dataset.images[i]
         rows.append(row)
     return Image.fromarray(np.concatenate(rows, axis=0), "L")
+
+
+SourcesOpt = Annotated[
+    list[str],
+    typer.Argument(
+        help="ADAPTER (with --root) or ADAPTER=PATH, several to merge sources.", show_default=False
+    ),
+]
+RootOpt = Annotated[Path | None, typer.Option("--root", help="Dataset folder (or file) for one ADAPTER.")]
+NameOpt = Annotated[str | None, typer.Option("--name", help="Dataset name (default: adapter names).")]
+SizeOpt = Annotated[int, typer.Option("--size", help="Square image size in pixels.")]
+ResizeOpt = Annotated[str, typer.Option("--resize", help="pad (keep whole image) or crop (centre).")]
+SplitOpt = Annotated[
+    str, typer.Option("--split", help="train,val,test fractions when a source has no official split.")
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the split.")]
+ClassesOpt = Annotated[
+    list[str] | None, typer.Option("--classes", help="Keep only these labels (comma list).")
+]
+LabelMapOpt = Annotated[
+    list[str] | None,
+    typer.Option("--map", help="Merge labels SRC=DST (repeatable), e.g. pneumonia_viral=pneumonia."),
+]
+StrictOpt = Annotated[bool, typer.Option("--strict", help="Fail on any unreadable file instead of skipping.")]
+WorkersOpt = Annotated[int, typer.Option("--workers", help="Decoding processes (0: auto).")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing dataset of the same name.")]
 
 
 def add_commands(app: typer.Typer, ctx: AppContext) -> None:
@@ -72,40 +98,18 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
     @handle_errors
     def prepare(
         typer_ctx: typer.Context,
-        sources: Annotated[
-            list[str],
-            typer.Argument(
-                help="ADAPTER (with --root) or ADAPTER=PATH, several to merge sources.", show_default=False
-            ),
-        ],
-        root: Annotated[
-            Path | None, typer.Option("--root", help="Dataset folder (or file) for one ADAPTER.")
-        ] = None,
-        name: Annotated[
-            str | None, typer.Option("--name", help="Dataset name (default: adapter names).")
-        ] = None,
-        size: Annotated[int, typer.Option("--size", help="Square image size in pixels.")] = 256,
-        resize: Annotated[
-            str, typer.Option("--resize", help="pad (keep whole image) or crop (centre).")
-        ] = "pad",
-        split: Annotated[
-            str, typer.Option("--split", help="train,val,test fractions when a source has no official split.")
-        ] = "0.7,0.15,0.15",
-        seed: Annotated[int, typer.Option("--seed", help="Seed of the split.")] = 0,
-        classes: Annotated[
-            list[str] | None, typer.Option("--classes", help="Keep only these labels (comma list).")
-        ] = None,
-        label_map: Annotated[
-            list[str] | None,
-            typer.Option("--map", help="Merge labels SRC=DST (repeatable), e.g. pneumonia_viral=pneumonia."),
-        ] = None,
-        strict: Annotated[
-            bool, typer.Option("--strict", help="Fail on any unreadable file instead of skipping.")
-        ] = False,
-        workers: Annotated[int, typer.Option("--workers", help="Decoding processes (0: auto).")] = 0,
-        force: Annotated[
-            bool, typer.Option("--force", help="Replace an existing dataset of the same name.")
-        ] = False,
+        sources: SourcesOpt,
+        root: RootOpt = None,
+        name: NameOpt = None,
+        size: SizeOpt = 256,
+        resize: ResizeOpt = "pad",
+        split: SplitOpt = "0.7,0.15,0.15",
+        seed: SeedOpt = 0,
+        classes: ClassesOpt = None,
+        label_map: LabelMapOpt = None,
+        strict: StrictOpt = False,
+        workers: WorkersOpt = 0,
+        force: ForceOpt = False,
         opt: OptOpt = None,
         config: ConfigOpt = None,
         dry_run: DryRunOpt = False,

@@ -27,69 +27,79 @@ from cxraug.settings import build_settings
 from cxraug.training.lifecycle import execute
 from cxraug.ui import console
 
+FidOpt = Annotated[bool, typer.Option("--fid", help="Frechet Inception Distance (clean-fid).")]
+KidOpt = Annotated[bool, typer.Option("--kid", help="Kernel Inception Distance (better for small sets).")]
+PrdcOpt = Annotated[bool, typer.Option("--prdc", help="Precision / recall / density / coverage.")]
+MemorizationOpt = Annotated[
+    bool,
+    typer.Option("--memorization", help="Generated images that look copied from training images."),
+]
+RocOpt = Annotated[
+    bool,
+    typer.Option("--roc", help="Classifier ROC-AUC with CIs, sensitivity, specificity, confusion."),
+]
+MetricOpt = Annotated[
+    list[str] | None,
+    typer.Option("--metric", help="Any installed metric plugin by name (repeatable)."),
+]
+GanOpt = Annotated[str | None, typer.Option("--gan", help="GAN run (default: latest).")]
+GeneratedOpt = Annotated[
+    Path | None, typer.Option("--generated", help="Folder of generated images instead of a GAN run.")
+]
+ClassifierOpt = Annotated[str | None, typer.Option("--classifier", help="Classifier run (default: latest).")]
+DataOpt = Annotated[str | None, typer.Option("--data", help="Dataset (default: the run's, else the latest).")]
+SplitOpt = Annotated[
+    str, typer.Option("--split", help="Real split for the classifier and as held-out reference.")
+]
+RealSplitOpt = Annotated[
+    str, typer.Option("--real-split", help="Real split generated images are compared with.")
+]
+NOpt = Annotated[
+    int | None, typer.Option("--n", help="Generated images (default: as many as the real split).")
+]
+TruncationOpt = Annotated[float, typer.Option("--truncation", help="Truncation psi when generating.")]
+ModeOpt = Annotated[
+    str | None,
+    typer.Option("--mode", help="clean-fid mode: clean, legacy_pytorch or legacy_tensorflow."),
+]
+InceptionWeightsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--inception-weights", envvar=WEIGHTS_ENV, help="Local Inception weights file (offline use)."
+    ),
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of generated latents and bootstraps.")]
+OutOpt = Annotated[
+    Path | None, typer.Option("--out", help="Report folder (default: WORKSPACE/reports/eval-TIME).")
+]
+AsJsonOpt = Annotated[bool, typer.Option("--json", help="metrics.json on stdout.")]
+
 
 def add_commands(app: typer.Typer, ctx: AppContext) -> None:
     @app.command("evaluate")
     @handle_errors
     def evaluate(
         typer_ctx: typer.Context,
-        fid: Annotated[bool, typer.Option("--fid", help="Frechet Inception Distance (clean-fid).")] = False,
-        kid: Annotated[
-            bool, typer.Option("--kid", help="Kernel Inception Distance (better for small sets).")
-        ] = False,
-        prdc: Annotated[
-            bool, typer.Option("--prdc", help="Precision / recall / density / coverage.")
-        ] = False,
-        memorization: Annotated[
-            bool,
-            typer.Option("--memorization", help="Generated images that look copied from training images."),
-        ] = False,
-        roc: Annotated[
-            bool,
-            typer.Option("--roc", help="Classifier ROC-AUC with CIs, sensitivity, specificity, confusion."),
-        ] = False,
-        metric: Annotated[
-            list[str] | None,
-            typer.Option("--metric", help="Any installed metric plugin by name (repeatable)."),
-        ] = None,
-        gan: Annotated[str | None, typer.Option("--gan", help="GAN run (default: latest).")] = None,
-        generated: Annotated[
-            Path | None, typer.Option("--generated", help="Folder of generated images instead of a GAN run.")
-        ] = None,
-        classifier: Annotated[
-            str | None, typer.Option("--classifier", help="Classifier run (default: latest).")
-        ] = None,
-        data: Annotated[
-            str | None, typer.Option("--data", help="Dataset (default: the run's, else the latest).")
-        ] = None,
-        split: Annotated[
-            str, typer.Option("--split", help="Real split for the classifier and as held-out reference.")
-        ] = "test",
-        real_split: Annotated[
-            str, typer.Option("--real-split", help="Real split generated images are compared with.")
-        ] = "train",
-        n: Annotated[
-            int | None, typer.Option("--n", help="Generated images (default: as many as the real split).")
-        ] = None,
-        truncation: Annotated[
-            float, typer.Option("--truncation", help="Truncation psi when generating.")
-        ] = 1.0,
-        mode: Annotated[
-            str | None,
-            typer.Option("--mode", help="clean-fid mode: clean, legacy_pytorch or legacy_tensorflow."),
-        ] = None,
-        inception_weights: Annotated[
-            Path | None,
-            typer.Option(
-                "--inception-weights", envvar=WEIGHTS_ENV, help="Local Inception weights file (offline use)."
-            ),
-        ] = None,
-        seed: Annotated[int, typer.Option("--seed", help="Seed of generated latents and bootstraps.")] = 0,
+        fid: FidOpt = False,
+        kid: KidOpt = False,
+        prdc: PrdcOpt = False,
+        memorization: MemorizationOpt = False,
+        roc: RocOpt = False,
+        metric: MetricOpt = None,
+        gan: GanOpt = None,
+        generated: GeneratedOpt = None,
+        classifier: ClassifierOpt = None,
+        data: DataOpt = None,
+        split: SplitOpt = "test",
+        real_split: RealSplitOpt = "train",
+        n: NOpt = None,
+        truncation: TruncationOpt = 1.0,
+        mode: ModeOpt = None,
+        inception_weights: InceptionWeightsOpt = None,
+        seed: SeedOpt = 0,
         device: DeviceOpt = "auto",
-        out: Annotated[
-            Path | None, typer.Option("--out", help="Report folder (default: WORKSPACE/reports/eval-TIME).")
-        ] = None,
-        as_json: Annotated[bool, typer.Option("--json", help="metrics.json on stdout.")] = False,
+        out: OutOpt = None,
+        as_json: AsJsonOpt = False,
         opt: OptOpt = None,
         config: ConfigOpt = None,
         workspace: WorkspaceOpt = None,

@@ -29,63 +29,63 @@ from cxraug.settings import build_settings
 from cxraug.training.lifecycle import execute
 from cxraug.ui import console
 
+DataOpt = Annotated[str | None, typer.Option("--data", help="Dataset (default: latest, or the demo).")]
+GanOpt = Annotated[
+    str | None, typer.Option("--gan", help="GAN architecture to train, or an existing GAN run.")
+]
+ClassifierOpt = Annotated[
+    str | None, typer.Option("--classifier", help="Classifier architecture (default densenet121).")
+]
+SyntheticOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--synthetic", help="Synthetic images per GAN arm (default: as many as real training images)."
+    ),
+]
+ClassicOpt = Annotated[
+    int | None,
+    typer.Option("--classic", help="Classic images per classic arm (default: as many as real)."),
+]
+ArmsOpt = Annotated[str, typer.Option("--arms", help=f"Comma list of {', '.join(ARMS)}.")]
+SeedsOpt = Annotated[int | None, typer.Option("--seeds", help="Classifier seeds per arm (default 5).")]
+EpochsOpt = Annotated[int | None, typer.Option("--epochs", help="Classifier epochs (default 10).")]
+GanKimgOpt = Annotated[
+    float | None, typer.Option("--gan-kimg", help="GAN training length (default: the GAN's).")
+]
+PretrainedOpt = Annotated[
+    bool, typer.Option("--pretrained/--no-pretrained", help="ImageNet weights for the classifier.")
+]
+QuickOpt = Annotated[bool, typer.Option("--quick", help="Tiny budgets: minutes on a laptop CPU (demo data).")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Base seed.")]
+InceptionWeightsOpt = Annotated[
+    Path | None,
+    typer.Option("--inception-weights", envvar=WEIGHTS_ENV, help="Local Inception weights for FID/KID."),
+]
+OutOpt = Annotated[Path | None, typer.Option("--out", help="Experiment folder; an existing one resumes.")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the latest unfinished experiment.")]
+
 
 def add_commands(app: typer.Typer, ctx: AppContext) -> None:
     @app.command("experiment")
     @handle_errors
     def experiment(
         typer_ctx: typer.Context,
-        data: Annotated[
-            str | None, typer.Option("--data", help="Dataset (default: latest, or the demo).")
-        ] = None,
-        gan: Annotated[
-            str | None, typer.Option("--gan", help="GAN architecture to train, or an existing GAN run.")
-        ] = None,
-        classifier: Annotated[
-            str | None, typer.Option("--classifier", help="Classifier architecture (default densenet121).")
-        ] = None,
-        synthetic: Annotated[
-            int | None,
-            typer.Option(
-                "--synthetic", help="Synthetic images per GAN arm (default: as many as real training images)."
-            ),
-        ] = None,
-        classic: Annotated[
-            int | None,
-            typer.Option("--classic", help="Classic images per classic arm (default: as many as real)."),
-        ] = None,
-        arms: Annotated[str, typer.Option("--arms", help=f"Comma list of {', '.join(ARMS)}.")] = ",".join(
-            ARMS
-        ),
-        seeds: Annotated[
-            int | None, typer.Option("--seeds", help="Classifier seeds per arm (default 5).")
-        ] = None,
-        epochs: Annotated[
-            int | None, typer.Option("--epochs", help="Classifier epochs (default 10).")
-        ] = None,
-        gan_kimg: Annotated[
-            float | None, typer.Option("--gan-kimg", help="GAN training length (default: the GAN's).")
-        ] = None,
-        pretrained: Annotated[
-            bool, typer.Option("--pretrained/--no-pretrained", help="ImageNet weights for the classifier.")
-        ] = True,
-        quick: Annotated[
-            bool, typer.Option("--quick", help="Tiny budgets: minutes on a laptop CPU (demo data).")
-        ] = False,
-        seed: Annotated[int, typer.Option("--seed", help="Base seed.")] = 0,
+        data: DataOpt = None,
+        gan: GanOpt = None,
+        classifier: ClassifierOpt = None,
+        synthetic: SyntheticOpt = None,
+        classic: ClassicOpt = None,
+        arms: ArmsOpt = ",".join(ARMS),
+        seeds: SeedsOpt = None,
+        epochs: EpochsOpt = None,
+        gan_kimg: GanKimgOpt = None,
+        pretrained: PretrainedOpt = True,
+        quick: QuickOpt = False,
+        seed: SeedOpt = 0,
         device: DeviceOpt = "auto",
-        inception_weights: Annotated[
-            Path | None,
-            typer.Option(
-                "--inception-weights", envvar=WEIGHTS_ENV, help="Local Inception weights for FID/KID."
-            ),
-        ] = None,
-        out: Annotated[
-            Path | None, typer.Option("--out", help="Experiment folder; an existing one resumes.")
-        ] = None,
-        resume: Annotated[
-            bool, typer.Option("--resume", help="Continue the latest unfinished experiment.")
-        ] = False,
+        inception_weights: InceptionWeightsOpt = None,
+        out: OutOpt = None,
+        resume: ResumeOpt = False,
         opt: OptOpt = None,
         dry_run: DryRunOpt = False,
         workspace: WorkspaceOpt = None,

@@ -61,6 +61,26 @@ TransferOpt = Annotated[
 LogEveryOpt = Annotated[int, typer.Option("--log-every", help="Steps between log rows.")]
 
 
+RunOpt = Annotated[str | None, typer.Option("--run", help="GAN run folder or name (default: latest).")]
+CheckpointOpt = Annotated[
+    Path | None, typer.Option("--checkpoint", help="A checkpoint file instead of a run.")
+]
+NOpt = Annotated[
+    int,
+    typer.Option("--n", help="Images in all (split evenly over labels unless --label/--per-class)."),
+]
+LabelOpt = Annotated[str | None, typer.Option("--label", help="Only this label (all --n images).")]
+CountsPerClassOpt = Annotated[
+    str | None, typer.Option("--per-class", help="Counts per label: covid=600,normal=400.")
+]
+TruncationOpt = Annotated[float, typer.Option("--truncation", help="Truncation psi (1 = none).")]
+LatentSeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the latents.")]
+OutOpt = Annotated[
+    Path | None, typer.Option("--out", help="Output folder (default: WORKSPACE/generated/RUN-sSEED).")
+]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")]
+
+
 def add_commands(app: typer.Typer, ctx: AppContext) -> None:
     @app.command("train-gan", epilog=plugin_epilog(lambda: ctx.registry, "gan", "GANs"))
     @handle_errors
@@ -96,28 +116,15 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
     @handle_errors
     def generate_cmd(
         typer_ctx: typer.Context,
-        run: Annotated[
-            str | None, typer.Option("--run", help="GAN run folder or name (default: latest).")
-        ] = None,
-        checkpoint: Annotated[
-            Path | None, typer.Option("--checkpoint", help="A checkpoint file instead of a run.")
-        ] = None,
-        n: Annotated[
-            int,
-            typer.Option("--n", help="Images in all (split evenly over labels unless --label/--per-class)."),
-        ] = 100,
-        label: Annotated[
-            str | None, typer.Option("--label", help="Only this label (all --n images).")
-        ] = None,
-        per_class: Annotated[
-            str | None, typer.Option("--per-class", help="Counts per label: covid=600,normal=400.")
-        ] = None,
-        truncation: Annotated[float, typer.Option("--truncation", help="Truncation psi (1 = none).")] = 1.0,
-        seed: Annotated[int, typer.Option("--seed", help="Seed of the latents.")] = 0,
-        out: Annotated[
-            Path | None, typer.Option("--out", help="Output folder (default: WORKSPACE/generated/RUN-sSEED).")
-        ] = None,
-        batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 64,
+        run: RunOpt = None,
+        checkpoint: CheckpointOpt = None,
+        n: NOpt = 100,
+        label: LabelOpt = None,
+        per_class: CountsPerClassOpt = None,
+        truncation: TruncationOpt = 1.0,
+        seed: LatentSeedOpt = 0,
+        out: OutOpt = None,
+        batch_size: BatchSizeOpt = 64,
         device: DeviceOpt = "auto",
         workspace: WorkspaceOpt = None,
     ) -> None:

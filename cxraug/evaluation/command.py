@@ -81,7 +81,7 @@ class EvaluationRun(Run[EvaluationRecord]):
         return (self.path / "metrics.json").is_file()
 
     def metrics(self) -> dict[str, Any]:
-        return json.loads((self.path / "metrics.json").read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+        return json.loads((self.path / "metrics.json").read_text(encoding="utf-8"))
 
 
 class EvaluateJob(Job[EvaluateSettings, EvaluationRun]):

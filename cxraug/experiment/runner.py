@@ -390,7 +390,7 @@ class Experiment:
                 _, scores = preds[arm]
                 comparisons[arm] = {
                     "macro_auc_diff": stats.paired_bootstrap_macro_auc(
-                        y, scores, base, n_boot=cfg.n_boot, seed=cfg.seed
+                        y, scores, base, n_boot=int(cfg.n_boot or 1000), seed=cfg.seed
                     ),
                     "delong": stats.delong_per_label(y, np.mean(scores, 0), np.mean(base, 0), labels),
                 }
@@ -437,7 +437,7 @@ class Experiment:
         return result
 
 
-def _ci_dict(values: list[float]) -> dict[str, float]:
+def _ci_dict(values: list[float]) -> dict[str, Any]:
     mean, lo, hi = stats.mean_ci(values, bounds=(0.0, 1.0))
     return {"mean": mean, "ci_low": lo, "ci_high": hi, "values": values}
 

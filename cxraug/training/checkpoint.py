@@ -46,7 +46,7 @@ def safe_load(path: Path, map_location: str | torch.device = "cpu") -> dict[str,
 
 def rng_state() -> dict[str, Any]:
     """Every RNG the training loop touches, as plain values (safe to load with weights_only)."""
-    np_state = np.random.get_state()
+    np_state: Any = np.random.get_state()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],

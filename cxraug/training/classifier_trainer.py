@@ -102,10 +102,10 @@ class ClassifierTrainer:
     def build_model(self) -> nn.Module:
         cfg = self.config
         weights = Path(cfg.weights) if cfg.weights else None
-        model = self.plugin.build(len(cfg.classes), pretrained=cfg.pretrained, weights=weights)
+        model = self.plugin.build(len(cfg.classes), pretrained=bool(cfg.pretrained), weights=weights)
         return model.to(self.device)
 
-    def train(self) -> dict[str, Any]:
+    def train(self) -> BestEpoch:
         cfg, main = self.config, self.dist.is_main
         torch.manual_seed(cfg.seed)
         model = self.build_model()

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -40,7 +41,8 @@ def init_distributed(device: torch.device) -> tuple[DistContext, torch.device]:
         # renamed the flag that says so.
         params = inspect.signature(nn.parallel.DistributedDataParallel).parameters
         flag = "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
-        return nn.parallel.DistributedDataParallel(module, device_ids=ids, **{flag: False})
+        kwargs: dict[str, Any] = {flag: False}
+        return nn.parallel.DistributedDataParallel(module, device_ids=ids, **kwargs)
 
     def all_reduce_grads(module: nn.Module) -> None:
         grads = [p.grad for p in module.parameters() if p.grad is not None]

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import csv
+import functools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from pydantic import ValidationError
@@ -90,6 +93,10 @@ def read_generated_manifest(out: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
+def _save_png(f: Any, image: np.ndarray) -> None:
+    Image.fromarray(image, "L").save(f, format="PNG")
+
+
 def generate_images(
     generators: dict[str, tuple[LoadedGenerator, int]],
     counts: dict[str, int],
@@ -153,9 +160,7 @@ def generate_images(
                 images = to_uint8(loaded.gan.generate(z.to(device), labels.to(device), truncation))
                 for i, image in zip(chunk, images, strict=True):
                     rel = f"{label}/{label}-s{seed}-{i:06d}.png"
-                    atomic_write(
-                        out / rel, lambda f, im=image: Image.fromarray(im, "L").save(f, format="PNG")
-                    )
+                    atomic_write(out / rel, functools.partial(_save_png, image=image))
                     writer.writerow(
                         {
                             "file": rel,

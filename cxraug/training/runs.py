@@ -141,7 +141,7 @@ class Run(Generic[RecordT]):
     def create_at(cls: type[RunT], path: Path, record: RunRecord[Any]) -> RunT:
         path.mkdir(parents=True, exist_ok=True)
         run = cls(path)
-        run._record = record  # type: ignore[assignment]
+        run._record = record
         run.save()
         return run
 

@@ -306,7 +306,7 @@ class TorchvisionClassifier(Classifier[O]):
     None), ``assemble`` turns it into the network ``build`` returns.
     """
 
-    input_size: ClassVar[int] = 224
+    input_size: int = 224
     pretrained_by_default: ClassVar[bool] = True
     #: The torchvision weights used when pretrained.
     imagenet_weights: ClassVar[WeightsEnum]

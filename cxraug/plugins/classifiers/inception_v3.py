@@ -66,7 +66,7 @@ class InceptionV3Classifier(TorchvisionClassifier[InceptionV3Options]):
     name: ClassVar[str] = "inception_v3"
     description: ClassVar[str] = "Inception v3 (Szegedy et al. 2016) to mixed7 + 1024-64 dense head"
     Options: ClassVar[type[InceptionV3Options]] = InceptionV3Options
-    input_size: ClassVar[int] = 299
+    input_size: int = 299
     default_lr: ClassVar[float] = 1e-5
     #: ImageNet weights file: inception_v3_google-0cc3c7bd.pth.
     imagenet_weights: ClassVar[WeightsEnum] = Inception_V3_Weights.IMAGENET1K_V1
