@@ -118,11 +118,13 @@ def test_changed_settings_refuse_to_mix(cxraug_cli, cxraug_workspace, tiny_data)
     out = cxraug_workspace.root / "exp"
     planned = json.loads(cxraug_cli("experiment", *TINY, "--out", str(out), "--dry-run").stdout)
     assert planned["config"]["seeds"] == 2 and not out.exists()
-    out.mkdir()
-    state = {"config": {**planned["config"], "seeds": 3}, "status": "running", "runs": {}, "datasets": {}}
-    (out / "experiment.json").write_text(json.dumps(state))
+    from cxraug.experiment.runner import ExperimentRecord, ExperimentRun, ExperimentSettings
+    from cxraug.training.runs import base_record
+
+    recorded = ExperimentSettings(**{**planned["config"], "seeds": 3})
+    ExperimentRun.create_at(out, ExperimentRecord(**base_record("experiment", "", recorded, None)))
     result = cxraug_cli("experiment", *TINY, "--out", str(out))
-    assert result.exit_code == 2 and "other settings (seeds)" in result.output
+    assert result.exit_code == 2 and "--seeds 3 -> 2" in " ".join(result.output.split())
 
 
 def test_mean_ci_and_paired_bootstrap() -> None:
