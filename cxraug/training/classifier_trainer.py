@@ -360,6 +360,7 @@ class ClassifierJob(Job[ClassifierSettings, ClassifierRun]):
         )
         return {
             "config": settings.model_dump(mode="json"),
+            "options": settings.options,
             "dataset": str(self.dataset(settings).path),
             "input_size": plugin.input_size,
             "lr": settings.lr if settings.lr is not None else cls.default_lr,

@@ -460,6 +460,7 @@ class GanJob(Job[GanSettings, GanRun]):
     def plan(self, settings: GanSettings, run: GanRun | None) -> dict[str, Any]:
         return {
             "config": settings.model_dump(mode="json"),
+            "options": settings.options,
             "dataset": str(self.dataset(settings).path),
             "run": str(run.path) if run else None,
         }

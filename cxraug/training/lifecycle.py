@@ -182,10 +182,10 @@ def find_resume_target(job: Job[S, R], built: Built[S], resume: str) -> R | None
         return run_type.resolve(job.ws, resume)  # type: ignore[return-value]
     arch = built.explicit.get("arch")
     found = run_type.latest_resumable(job.ws, arch)
-    if found is None and any(k in built.explicit for k in job.extends):
+    if found is None:  # the latest finished run: a larger budget trains it longer, else it says so
         finished = [r for r in run_type.all(job.ws) if arch is None or r.record.arch == arch]
         finished = [r for r in finished if r.status is RunStatus.FINISHED]
-        found = finished[-1] if finished else None  # a longer budget continues a finished run
+        found = finished[-1] if finished else None
     if found is None:
         console.print(
             f"[yellow]--resume auto: no {run_type.kind} run to continue here; starting a new one.[/]"
