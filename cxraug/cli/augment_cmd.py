@@ -15,16 +15,14 @@ from cxraug.cli.common import (
     DryRunOpt,
     OptOpt,
     WorkspaceOpt,
-    given_flags,
+    command_settings,
     handle_errors,
     load_config_and_opts,
-    per_plugin_options,
     print_json,
     workspace_from,
 )
 from cxraug.data.augment import origin_counts
 from cxraug.data.prepared import PreparedDataset
-from cxraug.settings import build_settings
 from cxraug.training.augmentation import AugmentSettings, plan_augment, run_augment
 from cxraug.ui import console
 
@@ -88,9 +86,10 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
     ) -> None:
         """New dataset = real training images + classic and/or synthetic ones; val/test untouched."""
         cfg, opts = load_config_and_opts(config, opt)
-        options = per_plugin_options(cfg, "augmenter", opts, "classic.rotation=15")
-        flags = {**given_flags(typer_ctx, AugmentSettings), "augmenter_options": options}
-        settings = build_settings(AugmentSettings, flags=flags, config=cfg).settings
+        per_plugin = ("augmenter_options", "classic.rotation=15")
+        settings = command_settings(
+            typer_ctx, AugmentSettings, cfg, plugin_kind="augmenter", opts=opts, per_plugin=per_plugin
+        ).settings
         ws = workspace_from(workspace)
         plan = plan_augment(ws, ctx.registry, settings)
         if dry_run:

@@ -111,14 +111,20 @@ def command_settings(
     *,
     plugin_kind: str | None = None,
     opts: dict[str, Any] | None = None,
+    per_plugin: tuple[str, str] | None = None,
 ) -> Built[S]:
     """Flags and the config's command table as validated settings; plugin options under ``options``.
 
     ``[KIND.ARCH]`` config tables and ``--opt`` give the plugin options (validated by the plugin
     once the run is resolved); ARCH is the command's argument or its config table's ``arch``.
+    With ``per_plugin=(field, example)`` the command uses several plugins of the kind, and ``field``
+    gets their options by plugin name (``--opt NAME.KEY=VALUE``).
     """
     flags = given_flags(typer_ctx, model)
-    if plugin_kind is not None:
+    if per_plugin is not None and plugin_kind is not None:  # several plugins, options keyed by name
+        field, example = per_plugin
+        flags[field] = per_plugin_options(config, plugin_kind, opts or {}, example)
+    elif plugin_kind is not None:
         arch = flags.get("arch") or config.get(model.section, {}).get("arch")
         table = dict(config.get(plugin_kind, {}).get(arch, {})) if arch else {}
         merged = {**table, **(opts or {})}

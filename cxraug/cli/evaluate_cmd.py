@@ -14,16 +14,14 @@ from cxraug.cli.common import (
     DeviceOpt,
     OptOpt,
     WorkspaceOpt,
-    given_flags,
+    command_settings,
     handle_errors,
     load_config_and_opts,
-    per_plugin_options,
     print_json,
     workspace_from,
 )
 from cxraug.evaluation.command import EvaluateJob, EvaluateSettings
 from cxraug.metrics.features import WEIGHTS_ENV
-from cxraug.settings import build_settings
 from cxraug.training.lifecycle import execute
 from cxraug.ui import console
 
@@ -106,9 +104,10 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
     ) -> None:
         """Metrics of generated images and of a classifier, as a table, metrics.json and a report."""
         cfg, opts = load_config_and_opts(config, opt)
-        options = per_plugin_options(cfg, "metric", opts, "fid.batch_size=32")
-        flags = {**given_flags(typer_ctx, EvaluateSettings), "metric_options": options}
-        built = build_settings(EvaluateSettings, flags=flags, config=cfg)
+        per_plugin = ("metric_options", "fid.batch_size=32")
+        built = command_settings(
+            typer_ctx, EvaluateSettings, cfg, plugin_kind="metric", opts=opts, per_plugin=per_plugin
+        )
         job = EvaluateJob(workspace_from(workspace), ctx.registry)
         run = execute(job, built).run
         assert run is not None

@@ -146,6 +146,16 @@ class PreparedDataset:
         rows = self.rows if idx is None else [self.rows[i] for i in idx]
         return np.array([self._class_index[r["label"]] for r in rows], dtype=np.int64)
 
+    def select_classes(self, wanted: list[str], flag: str = "--classes") -> list[str]:
+        """``wanted`` in the dataset's class order (all classes when empty); unknown ones are an error."""
+        unknown = [c for c in wanted if c not in self.classes]
+        if unknown:
+            raise DataError(
+                f"{flag} {','.join(unknown)}: not in dataset {self.name!r} "
+                f"(its classes: {', '.join(self.classes)})"
+            )
+        return [c for c in self.classes if c in wanted] or list(self.classes)
+
     def fingerprint(self, splits: list[str], labels: list[str]) -> tuple[str, int]:
         """sha256 over the manifest rows of ``splits`` x ``labels`` (id, split, label, content hash)
         and the image size, and the number of those rows: equal fingerprints, equal training data."""

@@ -21,9 +21,8 @@ from cxraug.settings import Settings
 from cxraug.training.classifier_run import ClassifierRun
 from cxraug.training.gan_run import MAX_SEED, GanRun
 from cxraug.training.lifecycle import Job
-from cxraug.training.runs import DataRef, Run, RunRecord, base_record
+from cxraug.training.runs import DataRef, ReportRun, RunRecord, base_record
 from cxraug.ui import console
-from cxraug.workspace import Workspace
 
 #: Flags for the built-in metrics; installed metric plugins are selected with --metric NAME.
 METRIC_FLAGS = ("fid", "kid", "prdc", "memorization", "roc")
@@ -62,23 +61,17 @@ class EvaluationRecord(RunRecord[EvaluateSettings]):
     """``options.json`` of a report folder."""
 
 
-class EvaluationRun(Run[EvaluationRecord]):
+class EvaluationRun(ReportRun[EvaluationRecord]):
     """A ``reports/eval-TIME`` folder: options.json, metrics.json, report.md, report.html."""
 
     kind: ClassVar[str] = "evaluation"
     Record: ClassVar[type[RunRecord[Any]]] = EvaluationRecord
     make_hint: ClassVar[str] = "cxraug evaluate"
-
-    @classmethod
-    def home(cls, workspace: Workspace) -> Path:
-        return workspace.reports_dir
+    product: ClassVar[str] = "metrics.json"
 
     @property
     def settings(self) -> EvaluateSettings:
         return self.record.config
-
-    def has_progress(self) -> bool:
-        return (self.path / "metrics.json").is_file()
 
     def metrics(self) -> dict[str, Any]:
         return json.loads((self.path / "metrics.json").read_text(encoding="utf-8"))

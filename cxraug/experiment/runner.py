@@ -27,7 +27,15 @@ from cxraug.training.classifier_trainer import ClassifierJob
 from cxraug.training.gan_run import MAX_SEED, GanRun, GanSettings
 from cxraug.training.gan_trainer import GanJob
 from cxraug.training.lifecycle import Job, run_job
-from cxraug.training.runs import DataRef, Run, RunRecord, RunStatus, base_record, now_iso, write_json_atomic
+from cxraug.training.runs import (
+    DataRef,
+    ReportRun,
+    RunRecord,
+    RunStatus,
+    base_record,
+    now_iso,
+    write_json_atomic,
+)
 from cxraug.ui import console
 from cxraug.workspace import Workspace
 
@@ -97,23 +105,17 @@ class ExperimentRecord(RunRecord[ExperimentSettings]):
     """``options.json`` of an experiment folder (its stages and results are in experiment.json)."""
 
 
-class ExperimentRun(Run[ExperimentRecord]):
+class ExperimentRun(ReportRun[ExperimentRecord]):
     """A ``reports/experiment-TIME`` folder (or ``--out``)."""
 
     kind: ClassVar[str] = "experiment"
     Record: ClassVar[type[RunRecord[Any]]] = ExperimentRecord
     make_hint: ClassVar[str] = "cxraug experiment"
-
-    @classmethod
-    def home(cls, workspace: Workspace) -> Path:
-        return workspace.reports_dir
+    product: ClassVar[str] = STATE
 
     @property
     def settings(self) -> ExperimentSettings:
         return self.record.config
-
-    def has_progress(self) -> bool:
-        return (self.path / STATE).is_file()
 
     def state(self) -> dict[str, Any]:
         path = self.path / STATE

@@ -292,27 +292,17 @@ class ClassifierJob(Job[ClassifierSettings, ClassifierRun]):
     extends: ClassVar[frozenset[str]] = frozenset({"epochs"})
 
     def resolve(self, settings: ClassifierSettings) -> ClassifierSettings:
-        registry = self.registry
-        if settings.arch is None:
-            raise OptionsError(
-                "name a classifier, e.g. `cxraug train-classifier densenet121` "
-                f"(installed: {', '.join(registry.names('classifier'))})"
-            )
-        cls = registry.classifier(settings.arch)
+        cls: type[Classifier] = self.plugin(
+            "classifier", settings.arch, "cxraug train-classifier densenet121"
+        )
         raw = dict(settings.options)
         if settings.freeze_backbone is not None:
             if "freeze_backbone" not in cls.Options.model_fields:
                 raise OptionsError(f"--freeze-backbone: {settings.arch} has no pretrained backbone to freeze")
             raw["freeze_backbone"] = settings.freeze_backbone
         options = resolve_options(cls.Options, plugin=f"classifier {settings.arch}", config=raw)
-        dataset = open_dataset(self.ws, registry, settings.data)
-        unknown = [c for c in settings.classes if c not in dataset.classes]
-        if unknown:
-            raise OptionsError(
-                f"--classes {','.join(unknown)}: not in dataset {dataset.name!r} "
-                f"(its classes: {', '.join(dataset.classes)})"
-            )
-        classes = [c for c in dataset.classes if c in settings.classes] or list(dataset.classes)
+        dataset = open_dataset(self.ws, self.registry, settings.data)
+        classes = dataset.select_classes(settings.classes)
         if len(classes) < 2:
             raise OptionsError("a classifier needs at least two classes")
         pretrained = cls.pretrained_by_default if settings.pretrained is None else settings.pretrained

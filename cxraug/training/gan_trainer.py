@@ -415,24 +415,12 @@ class GanJob(Job[GanSettings, GanRun]):
     extends: ClassVar[frozenset[str]] = frozenset({"epochs", "kimg"})
 
     def resolve(self, settings: GanSettings) -> GanSettings:
-        registry = self.registry
-        if settings.arch is None:
-            raise OptionsError(
-                "name an architecture, e.g. `cxraug train-gan dcgan` "
-                f"(installed: {', '.join(registry.names('gan'))})"
-            )
-        cls = registry.gan(settings.arch)
+        cls: type[GAN] = self.plugin("gan", settings.arch, "cxraug train-gan dcgan")
         options = resolve_options(cls.Options, plugin=f"gan {settings.arch}", config=settings.options)
-        dataset = open_dataset(self.ws, registry, settings.data)
-        unknown = [c for c in settings.classes if c not in dataset.classes]
-        if unknown:
-            raise OptionsError(
-                f"--classes {','.join(unknown)}: not in dataset {dataset.name!r} "
-                f"(its classes: {', '.join(dataset.classes)})"
-            )
+        dataset = open_dataset(self.ws, self.registry, settings.data)
         update: dict[str, Any] = {
             "data": dataset.name,
-            "classes": [c for c in dataset.classes if c in settings.classes] or list(dataset.classes),
+            "classes": dataset.select_classes(settings.classes),
             "size": settings.size or dataset.size,
             "options": options.model_dump(mode="json"),
         }

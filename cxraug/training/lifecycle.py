@@ -72,6 +72,13 @@ class Job(ABC, Generic[S, R]):
         """Resumable values as they apply to the recorded settings (e.g. one budget replaces another)."""
         return wanted
 
+    def plugin(self, kind: str, name: str | None, example: str) -> Any:
+        """The plugin class a run trains; no name is an error that lists the installed ones."""
+        if name is None:
+            installed = ", ".join(self.registry.names(kind))
+            raise OptionsError(f"name one, e.g. `{example}` (installed: {installed})")
+        return self.registry.get(kind, name)
+
     def describe(self, run: R) -> list[str]:
         """Lines for the command's output once the run finished."""
         return [f"[green]done:[/] {run.path}"]

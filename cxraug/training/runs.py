@@ -139,6 +139,18 @@ class Run(Generic[RecordT]):
 
     @classmethod
     def create_at(cls: type[RunT], path: Path, record: RunRecord[Any]) -> RunT:
+        """A run in ``path``: a new or empty folder, or one holding a run of this kind (replaced)."""
+        if path.exists() and not path.is_dir():
+            raise DataError(f"{path}: a file is in the way of the {cls.kind} run folder; choose another path")
+        if cls.is_run(path):
+            try:
+                kind = json.loads((path / OPTIONS_FILE).read_text(encoding="utf-8")).get("kind")
+            except (OSError, ValueError, AttributeError):
+                kind = "unreadable"
+            if kind != cls.kind:
+                raise DataError(f"{path} holds a {kind} run; choose another folder for this {cls.kind} run")
+        elif path.is_dir() and any(path.iterdir()):
+            raise DataError(f"{path} is not empty and holds no cxraug run; choose a new or empty folder")
         path.mkdir(parents=True, exist_ok=True)
         run = cls(path)
         run._record = record
@@ -263,6 +275,20 @@ class Run(Generic[RecordT]):
     def has_progress(self) -> bool:
         """True once the run holds something worth keeping after a failure (a checkpoint)."""
         return any(self.path.rglob("ckpt-*.pt"))
+
+
+class ReportRun(Run[RecordT]):
+    """A run kept under ``reports/`` (evaluations, experiments) rather than ``runs/KIND/``."""
+
+    #: The file whose presence means the run produced something worth keeping after a failure.
+    product: ClassVar[str] = ""
+
+    @classmethod
+    def home(cls, workspace: Workspace) -> Path:
+        return workspace.reports_dir
+
+    def has_progress(self) -> bool:
+        return bool(self.product) and (self.path / self.product).is_file()
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
