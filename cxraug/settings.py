@@ -78,8 +78,14 @@ def build_settings(
     flags = dict(flags or {})
     config = config or {}
     path = str(config.get("__path__", "config"))
-    table = {str(k).replace("-", "_"): v for k, v in dict(config.get(model.section, {})).items()}
-    table = {model.config_aliases.get(k, k): v for k, v in table.items()}
+    raw = dict(config.get(model.section, {}))
+    table: dict[str, Any] = {}
+    for key, value in raw.items():
+        field = str(key).replace("-", "_")
+        field = model.config_aliases.get(field, field)
+        if field in table:
+            raise OptionsError(f"{path}: [{model.section}] gives {field!r} twice (as {key!r} too); keep one")
+        table[field] = value
     unknown = [k for k in table if k not in model.model_fields]
     if unknown:
         valid = ", ".join(sorted(k.replace("_", "-") for k in model.model_fields))
@@ -126,12 +132,16 @@ def changed_settings(recorded: Settings, wanted: Mapping[str, Any], model: type[
     out = []
     current = recorded.model_dump(mode="json")
     # a dict (plugin options) given again names only some keys: the others keep their recorded values
+    fixed = {k: v for k, v in wanted.items() if k not in model.resumable}
     merged = {
         k: {**current[k], **v} if isinstance(v, dict) and isinstance(current.get(k), dict) else v
-        for k, v in wanted.items()
+        for k, v in fixed.items()
     }
-    given = model(**{**current, **merged}).model_dump(mode="json")
-    for key in wanted:
+    try:
+        given = model(**{**current, **merged}).model_dump(mode="json")
+    except ValidationError as exc:
+        raise OptionsError(describe_error(exc, model, merged, {}, "config")) from None
+    for key in fixed:
         if key in model.resumable or key not in current or current[key] == given[key]:
             continue
         old, new = current[key], given[key]

@@ -240,3 +240,46 @@ def test_run_folders_are_typed_objects(cxraug_cli, cxraug_workspace, tiny):
     with pytest.raises(Exception, match="not a classifier run"):
         _ = ClassifierRun(run.path).record
     assert isinstance(Path(run.options_path), Path)
+
+
+def test_budgets_only_grow_and_switching_units_is_clean(cxraug_cli, cxraug_workspace, tiny):
+    assert cxraug_cli(*GAN, "--kimg", "0.032").exit_code == 0
+    run = GanRun.resolve(cxraug_workspace, None)
+    before = run.options_path.read_text()
+    _one_line_error(cxraug_cli("train-gan", "--resume", str(run.path), "--kimg", "0.016"), "new total")
+    assert run.options_path.read_text() == before, "a refused resume rewrites nothing"
+    other_unit = cxraug_cli("train-gan", "--resume", str(run.path), "--epochs", "1", "--dry-run")
+    assert other_unit.exit_code in (0, 2) and "Traceback" not in other_unit.output
+    finished = cxraug_cli("train-gan", "--resume", str(run.path), "--dry-run")
+    assert finished.exit_code == 0 and "already finished" in json.loads(finished.stdout)["note"]
+
+
+def test_generate_after_training_longer_and_bad_checkpoints(cxraug_cli, cxraug_workspace, tiny, tmp_path):
+    assert cxraug_cli(*GAN, "--kimg", "0.016").exit_code == 0
+    assert cxraug_cli("generate", "--n", "4").exit_code == 0
+    assert cxraug_cli(*GAN, "--resume", "auto", "--kimg", "0.032").exit_code == 0
+    again = cxraug_cli("generate", "--n", "4")
+    assert again.exit_code == 0, again.output
+    assert len(list((cxraug_workspace.root / "generated").iterdir())) == 2, "new checkpoints, new folder"
+    junk = tmp_path / "junk.pt"
+    for content in (b"not a checkpoint at all", b""):
+        junk.write_bytes(content)
+        _one_line_error(cxraug_cli("generate", "--checkpoint", str(junk)), str(junk))
+
+
+def test_unknown_plugin_tables_and_duplicate_keys_in_config(cxraug_cli, tiny, tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[gan.stylegan]\nr1_gamma = 1.0\n")
+    _one_line_error(cxraug_cli(*GAN, "--kimg", "0.016", "--config", str(cfg)), "[gan.stylegan]", "stylegan2")
+    cfg.write_text("[train-gan]\nbatch_size = 4\nbatch-size = 8\n")
+    _one_line_error(cxraug_cli(*GAN, "--kimg", "0.016", "--config", str(cfg)), "twice")
+
+
+def test_defaults_never_start_from_an_augmented_dataset(cxraug_cli, cxraug_workspace, tiny):
+    assert cxraug_cli("augment", "--classic", "4", "--data", "tiny").exit_code == 0
+    plan = cxraug_cli("train-gan", "dcgan", "--dry-run")
+    assert plan.exit_code == 0 and json.loads(plan.stdout)["config"]["data"] == "tiny"
+    quick = cxraug_cli("experiment", "--quick", "--dry-run")
+    assert quick.exit_code == 0 and json.loads(quick.stdout)["config"]["data"] == "tiny"
+    augmented = cxraug_cli("experiment", "--quick", "--dry-run", "--data", "tiny-aug-cla4-s0")
+    _one_line_error(augmented, "made by `augment`")

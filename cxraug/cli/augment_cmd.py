@@ -85,7 +85,7 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
         workspace: WorkspaceOpt = None,
     ) -> None:
         """New dataset = real training images + classic and/or synthetic ones; val/test untouched."""
-        cfg, opts = load_config_and_opts(config, opt)
+        cfg, opts = load_config_and_opts(config, opt, ctx.registry)
         per_plugin = ("augmenter_options", "classic.rotation=15")
         settings = command_settings(
             typer_ctx, AugmentSettings, cfg, plugin_kind="augmenter", opts=opts, per_plugin=per_plugin

@@ -91,7 +91,7 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
         workspace: WorkspaceOpt = None,
     ) -> None:
         """Train a classifier; the best epoch by validation macro ROC-AUC is saved as best.pt."""
-        cfg, opts = load_config_and_opts(config, opt)
+        cfg, opts = load_config_and_opts(config, opt, ctx.registry)
         built = command_settings(typer_ctx, ClassifierSettings, cfg, plugin_kind="classifier", opts=opts)
         augment: dict[str, Any] = cfg.get("augmenter", {}).get(built.settings.online_augmenter, {})
         if augment and built.settings.online_augment:

@@ -12,7 +12,8 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.markup import escape
 
-from cxraug.errors import CxrError, OptionsError, TrainingInterruptedError
+from cxraug.errors import CxrError, OptionsError, PluginError, TrainingInterruptedError
+from cxraug.interfaces import KINDS
 from cxraug.options import load_config, options_table, parse_opts
 from cxraug.plugins import PluginManager, build_registry
 from cxraug.registry import Registry
@@ -90,8 +91,20 @@ def workspace_from(path: Path | None) -> Workspace:
     return Workspace.from_option(path)
 
 
-def load_config_and_opts(config: Path | None, opt: list[str] | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    return load_config(config), parse_opts(opt)
+def load_config_and_opts(
+    config: Path | None, opt: list[str] | None, registry: Registry | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ``--config`` file and the ``--opt`` pairs; with a registry, ``[KIND.NAME]`` tables must
+    name installed plugins (a typo like ``[gan.stylegan]`` would otherwise be ignored)."""
+    loaded = load_config(config)
+    if registry is not None:
+        for kind in KINDS:
+            for name in loaded.get(kind, {}):
+                try:
+                    registry.get(kind, name)
+                except PluginError as exc:
+                    raise OptionsError(f"{loaded['__path__']}: [{kind}.{name}]: {exc}") from None
+    return loaded, parse_opts(opt)
 
 
 def given_flags(typer_ctx: typer.Context, model: type[Settings]) -> dict[str, Any]:
@@ -174,7 +187,10 @@ ClassesOpt = Annotated[
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed (same seed on CPU: identical results).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")]
 ResumeOpt = Annotated[
-    str | None, typer.Option("--resume", help="auto (latest unfinished run) or a run folder.")
+    str | None,
+    typer.Option(
+        "--resume", help="auto (latest running/interrupted run, else the latest finished) or a run folder."
+    ),
 ]
 NprocOpt = Annotated[
     int, typer.Option("--nproc", help="Processes for DistributedDataParallel (launches torchrun).")

@@ -116,7 +116,7 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
         workspace: WorkspaceOpt = None,
     ) -> None:
         """Decode every image once into a memory-mapped cache with a manifest and splits."""
-        cfg, opts = load_config_and_opts(config, opt)
+        cfg, opts = load_config_and_opts(config, opt, ctx.registry)
         command = command_settings(typer_ctx, PrepareCommand, cfg).settings
         parsed = parse_sources(sources, root)
         built = build_sources(ctx.registry, parsed, cfg, opts)

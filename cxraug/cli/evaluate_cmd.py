@@ -103,7 +103,7 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
         workspace: WorkspaceOpt = None,
     ) -> None:
         """Metrics of generated images and of a classifier, as a table, metrics.json and a report."""
-        cfg, opts = load_config_and_opts(config, opt)
+        cfg, opts = load_config_and_opts(config, opt, ctx.registry)
         per_plugin = ("metric_options", "fid.batch_size=32")
         built = command_settings(
             typer_ctx, EvaluateSettings, cfg, plugin_kind="metric", opts=opts, per_plugin=per_plugin

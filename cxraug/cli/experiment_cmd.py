@@ -62,7 +62,12 @@ InceptionWeightsOpt = Annotated[
     typer.Option("--inception-weights", envvar=WEIGHTS_ENV, help="Local Inception weights for FID/KID."),
 ]
 OutOpt = Annotated[Path | None, typer.Option("--out", help="Experiment folder; an existing one resumes.")]
-ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the latest unfinished experiment.")]
+ResumeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--resume", help="Continue the latest unfinished (else finished) experiment."
+    ),
+]
 
 
 def add_commands(app: typer.Typer, ctx: AppContext) -> None:

@@ -107,7 +107,7 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
         workspace: WorkspaceOpt = None,
     ) -> None:
         """Train a GAN on a prepared dataset; the run folder records everything needed to resume."""
-        cfg, opts = load_config_and_opts(config, opt)
+        cfg, opts = load_config_and_opts(config, opt, ctx.registry)
         built = command_settings(typer_ctx, GanSettings, cfg, plugin_kind="gan", opts=opts)
         job = GanJob(workspace_from(workspace), ctx.registry)
         report(job, execute(job, built, resume=resume, dry_run=dry_run, argv=sys.argv[1:]))

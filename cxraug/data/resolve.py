@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 from cxraug.data.prepare import PrepareSettings, Source, prepare_dataset
@@ -27,8 +28,26 @@ def prepare_demo(workspace: Workspace, registry: Registry) -> PreparedDataset:
     return result.dataset
 
 
-def open_dataset(workspace: Workspace, registry: Registry, name: str | None) -> PreparedDataset:
-    """``name``, else the most recently prepared dataset, else the demo (prepared now, said so)."""
+def latest_real_dataset(workspace: Workspace) -> str | None:
+    """The newest prepared dataset that is not an ``augment`` product (no synthetic training rows)."""
+    for name in reversed(workspace.dataset_names()):
+        try:
+            info = json.loads((workspace.dataset_dir(name) / "info.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(info, dict) and not info.get("augmented_from"):
+            return name
+    return None
+
+
+def open_dataset(
+    workspace: Workspace, registry: Registry, name: str | None, *, real: bool = False
+) -> PreparedDataset:
+    """``name``, else the most recently prepared dataset, else the demo (prepared now, said so).
+
+    With ``real`` the default skips datasets made by ``augment``: a GAN, a study's base arm or a
+    new augmentation must start from real images, not from earlier synthetic ones.
+    """
     if name is not None:
         path = workspace.dataset_dir(name)
         if not path.is_dir():
@@ -38,8 +57,14 @@ def open_dataset(workspace: Workspace, registry: Registry, name: str | None) -> 
                 "create it with `cxraug data prepare ADAPTER --root PATH --name NAME`"
             )
         return PreparedDataset(path)
-    latest = workspace.latest_dataset()
+    latest = latest_real_dataset(workspace) if real else workspace.latest_dataset()
     if latest is not None:
+        if real and latest != workspace.latest_dataset():
+            console.print(
+                f"using {latest!r}, the latest dataset of real images (newer ones were made by "
+                "`augment`; pass --data to choose)",
+                soft_wrap=True,
+            )
         return PreparedDataset(workspace.dataset_dir(latest))
     demo = registry.demo_dataset()
     what = "synthetic images, NOT real X-rays" if demo.synthetic else "a small sample, not a study"

@@ -88,6 +88,8 @@ class EvaluateJob(Job[EvaluateSettings, EvaluationRun]):
         chosen += [m for m in s.metric if m not in chosen]
         if s.gan is not None and s.generated is not None:
             raise OptionsError("give --gan or --generated, not both")
+        if s.inception_weights is not None and not Path(s.inception_weights).is_file():
+            raise OptionsError(f"--inception-weights {s.inception_weights}: no such file")
         gan_runs, clf_runs = GanRun.all(ws), ClassifierRun.all(ws)
         if not chosen:  # everything the workspace can answer
             if s.generated is not None or s.gan is not None or gan_runs:

@@ -129,7 +129,13 @@ class ExperimentJob(Job[ExperimentSettings, ExperimentRun]):
 
     def resolve(self, settings: ExperimentSettings) -> ExperimentSettings:
         preset = QUICK if settings.quick else FULL
-        dataset = open_dataset(self.ws, self.registry, settings.data)
+        dataset = open_dataset(self.ws, self.registry, settings.data, real=True)
+        source = dataset.info.get("augmented_from")
+        if source:
+            raise OptionsError(
+                f"--data {dataset.name!r} was made by `augment` from {source.get('name')!r}: its training "
+                "split already holds augmented images, so it cannot be the base arm. Use the real dataset"
+            )
         gan = settings.gan or preset["gan"]
         clf = settings.classifier or preset["classifier"]
         clf_cls = self.registry.classifier(clf)

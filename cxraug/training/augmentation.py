@@ -94,7 +94,7 @@ def plan_augment(workspace: Workspace, registry: Registry, s: AugmentSettings) -
         raise OptionsError("nothing to add: give --synthetic N (and/or --classic N)")
     gan_run = GanRun.resolve(workspace, s.gan) if want_synthetic else None
     data = s.data if s.data is not None or gan_run is None else gan_run.settings.data
-    source = open_dataset(workspace, registry, data)
+    source = open_dataset(workspace, registry, data, real=True)
     current = {lb: len(source.indices("train", [lb])) for lb in source.classes}
     steps = []
     if want_classic:

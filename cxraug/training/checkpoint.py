@@ -22,6 +22,11 @@ def atomic_save(obj: Any, path: Path) -> None:
     atomic_write(Path(path), lambda f: torch.save(obj, f))
 
 
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def safe_load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load with ``weights_only=True``: tensors, numbers, strings, lists and dicts only."""
     path = Path(path)
@@ -32,11 +37,11 @@ def safe_load(path: Path, map_location: str | torch.device = "cpu") -> dict[str,
     except pickle.UnpicklingError as exc:
         raise DataError(
             f"checkpoint {path}: refused, it holds objects other than tensors and plain values "
-            f"({str(exc).splitlines()[0]}). Only load checkpoints you trust, made by cxraug"
+            f"({_first_line(exc)}). Only load checkpoints you trust, made by cxraug"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError) as exc:
         raise DataError(
-            f"checkpoint {path}: corrupt or truncated ({str(exc).splitlines()[0]}); use an "
+            f"checkpoint {path}: corrupt or truncated ({_first_line(exc)}); use an "
             "earlier checkpoint of the run (checkpoints/) or retrain"
         ) from None
     if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:

@@ -417,7 +417,7 @@ class GanJob(Job[GanSettings, GanRun]):
     def resolve(self, settings: GanSettings) -> GanSettings:
         cls: type[GAN] = self.plugin("gan", settings.arch, "cxraug train-gan dcgan")
         options = resolve_options(cls.Options, plugin=f"gan {settings.arch}", config=settings.options)
-        dataset = open_dataset(self.ws, self.registry, settings.data)
+        dataset = open_dataset(self.ws, self.registry, settings.data, real=True)
         update: dict[str, Any] = {
             "data": dataset.name,
             "classes": dataset.select_classes(settings.classes),

@@ -45,6 +45,8 @@ class LoadedGenerator:
 def load_generator(path: Path, registry: Registry, device: torch.device) -> LoadedGenerator:
     """Rebuild a GAN from a checkpoint (architecture, options and labels are stored in it)."""
     state = safe_load(path, map_location=device)
+    if state.get("kind") == "classifier" or "networks" not in state or "spec" not in state:
+        raise DataError(f"checkpoint {path}: not a GAN checkpoint (give a GAN run or its ckpt-*.pt)")
     cls = registry.gan(state["arch"])
     try:
         options = cls.Options(**state["options"])

@@ -17,13 +17,14 @@ from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
+from pydantic import ValidationError
 
 from cxraug.devices import pick_device
 from cxraug.errors import DataError, OptionsError, TrainingInterruptedError
 from cxraug.fileio import remove_orphan_temps
 from cxraug.interfaces import DistContext
 from cxraug.registry import Registry
-from cxraug.settings import Built, Settings, changed_settings
+from cxraug.settings import Built, Settings, changed_settings, describe_error
 from cxraug.training import distributed
 from cxraug.training.runs import DataRef, Run, RunRecord, RunStatus
 from cxraug.ui import console
@@ -115,13 +116,9 @@ def execute(
     if run is not None:
         settings = resume_settings(job, run, built)
         if run.status is RunStatus.FINISHED and not _extends(job, run, settings):
-            budget = ", ".join(built.settings.flag(k) for k in sorted(job.extends)) or "nothing"
-            return Outcome(
-                run,
-                settings,
-                note=f"{run.path} already finished; pass a larger {budget} to continue it, or leave "
-                "out --resume to start a new run",
-            )
+            note = _finished_note(job, run, built.settings)
+            plan = {**job.plan(settings, run), "note": note} if dry_run else None
+            return Outcome(run, settings, plan=plan, note="" if dry_run else note)
     else:
         settings = job.resolve(built.settings)
     if dry_run:
@@ -217,7 +214,11 @@ def resume_settings(job: Job[S, R], run: R, built: Built[S]) -> S:
             f"{'; '.join(changed)}. Drop them (on resume only {free} may change) or start a new run"
         )
     update = job.adjust_resume(recorded, {k: v for k, v in wanted.items() if k in model.resumable})
-    settings = model.model_validate({**recorded.model_dump(), **update})
+    try:
+        settings = model.model_validate({**recorded.model_dump(), **update})
+    except ValidationError as exc:
+        raise OptionsError(describe_error(exc, model, update, {}, "config")) from None
+    _check_budget(job, run, settings)
     check_data(job, run, settings)
     return settings
 
@@ -239,5 +240,33 @@ def check_data(job: Job[S, R], run: R, settings: S) -> None:
 
 
 def _extends(job: Job[S, R], run: R, settings: S) -> bool:
+    """True when the settings ask a finished run for a longer budget than it recorded."""
     recorded = run.settings
-    return any(getattr(recorded, k) != getattr(settings, k) for k in job.extends)
+    for key in job.extends:
+        old, new = getattr(recorded, key), getattr(settings, key)
+        if new is not None and (old is None or new > old):
+            return True
+    return False
+
+
+def _finished_note(job: Job[S, R], run: R, settings: Settings) -> str:
+    if not job.extends:
+        return f"{run.path} already finished; leave out --resume (or choose another --out) to start a new one"
+    budget = " or ".join(settings.flag(k) for k in sorted(job.extends))
+    return (
+        f"{run.path} already finished; pass a larger {budget} (a new total) to train it longer, or leave "
+        "out --resume to start a new run"
+    )
+
+
+def _check_budget(job: Job[S, R], run: R, settings: S) -> None:
+    """A budget given on resume is a new total: less than the run already trained is refused."""
+    recorded = run.settings
+    for key in job.extends:
+        old, new = getattr(recorded, key), getattr(settings, key)
+        if old is not None and new is not None and new < old:
+            flag = settings.flag(key)
+            raise OptionsError(
+                f"{flag} {new:g}: {run.path} was already asked for {flag} {old:g}; on resume {flag} is a "
+                "new total, so give a larger one (or start a new run)"
+            )

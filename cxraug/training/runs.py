@@ -186,6 +186,8 @@ class Run(Generic[RecordT]):
         for candidate in (Path(ref), cls.home(workspace) / str(ref)):
             if cls.is_run(candidate):
                 return cls(candidate)
+        if Path(ref).is_dir():
+            raise DataError(f"{ref}: a folder, but not a cxraug run (it has no {OPTIONS_FILE})")
         known = ", ".join(p.name for p in cls.all(workspace)[-5:]) or "none"
         raise DataError(
             f"{cls.kind} run {str(ref)!r} not found (as a path or under {cls.home(workspace)}); "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -59,7 +60,10 @@ def generate(workspace: Workspace, registry: Registry, s: GenerateSettings) -> G
         gens, name = generators_from([checkpoint], registry, device), checkpoint.stem
     else:
         run = GanRun.resolve(workspace, s.run)
-        gens, name = run.load_generators(registry, device), run.name
+        gens = run.load_generators(registry, device)
+        # the checkpoints are part of the name: a run trained longer writes into a new folder
+        shas = "".join(sorted({g.sha256 for g, _ in gens.values()}))
+        name = f"{run.name}-{hashlib.sha256(shas.encode()).hexdigest()[:8]}"
     labels = list(gens)
     if s.per_class is not None:
         counts = parse_counts(s.per_class, "--per-class")
