@@ -64,9 +64,7 @@ InceptionWeightsOpt = Annotated[
 OutOpt = Annotated[Path | None, typer.Option("--out", help="Experiment folder; an existing one resumes.")]
 ResumeOpt = Annotated[
     bool,
-    typer.Option(
-        "--resume", help="Continue the latest unfinished (else finished) experiment."
-    ),
+    typer.Option("--resume", help="Continue the latest unfinished (else finished) experiment."),
 ]
 
 
