@@ -11,6 +11,8 @@ from cxraug.experiment import stats
 from cxraug.training import classifier_trainer
 
 TINY = [
+    "--gan-seeds",
+    "1",
     "--gan",
     "acgan",
     "--classifier",
@@ -58,28 +60,40 @@ def tiny_data(cxraug_cli):
 
 def test_experiment_end_to_end(cxraug_cli, cxraug_workspace, tiny_data, standin_inception) -> None:
     out = cxraug_workspace.root / "exp"
-    result = cxraug_cli("experiment", *TINY, "--out", str(out), "--inception-weights", str(standin_inception))
+    result = cxraug_cli(
+        "experiment",
+        *TINY,
+        "--gan-seeds",
+        "2",
+        "--out",
+        str(out),
+        "--inception-weights",
+        str(standin_inception),
+    )
     assert result.exit_code == 0, result.output
     state = json.loads((out / "experiment.json").read_text())
     assert state["status"] == "finished"
     results = state["results"]
     assert set(results["arms"]) == {"base", "classic", "gan", "classic+gan"}
     for summary in results["arms"].values():
-        assert len(summary["auc_macro"]["values"]) == 2
+        assert len(summary["auc_macro"]["values"]) == summary["generators"] * 2
         assert (
             summary["auc_macro"]["ci_low"] <= summary["auc_macro"]["mean"] <= summary["auc_macro"]["ci_high"]
         )
     assert set(results["vs_base"]) == {"classic", "gan", "classic+gan"}
-    assert 0 <= results["vs_base"]["gan"]["macro_auc_diff"]["p"] <= 1
+    primary = results["vs_base"]["gan"]["auc_macro"]
+    assert 0 < primary["p"] <= 1 and primary["p"] <= primary["p_holm"] <= 1
     assert "fid" in results["gan_quality"] and "kid" in results["gan_quality"]
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 2 and "Against base" in html
+    assert html.count("data:image/png;base64,") == 2 and "against base" in html and "Design" in html
     # the gan arm's augmenter got the experiment's GAN run from the core
-    gan_arm = json.loads((cxraug_workspace.dataset_dir(state["datasets"]["gan"]) / "info.json").read_text())
+    gan_arm = json.loads(
+        (cxraug_workspace.dataset_dir(state["datasets"]["gan-g0"]) / "info.json").read_text()
+    )
     assert [step.get("gan_run") for step in gan_arm["augment"]["steps"]] == [state["gan_run"]]
     # every arm was evaluated on the same real test split; augmented images only in training
     for arm in ("classic", "gan"):
-        ds_name = state["datasets"][arm]
+        ds_name = state["datasets"][arm if arm == "classic" else "gan-g0"]
         rows = [r for r in open(cxraug_workspace.dataset_dir(ds_name) / "manifest.csv")]
         assert not any(",test," in r and (",synthetic," in r or ",classic," in r) for r in rows)
 

@@ -47,7 +47,20 @@ ClassicOpt = Annotated[
     typer.Option("--classic", help="Classic images per classic arm (default: as many as real)."),
 ]
 ArmsOpt = Annotated[str, typer.Option("--arms", help=f"Comma list of {', '.join(ARMS)}.")]
-SeedsOpt = Annotated[int | None, typer.Option("--seeds", help="Classifier seeds per arm (default 5).")]
+SeedsOpt = Annotated[
+    int | None, typer.Option("--seeds", help="Classifier seeds per arm and generator (default 5).")
+]
+AllowOverlapOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-gan-overlap",
+        help="Use a --gan RUN even if it saw the study's val/test images or cannot be verified (reported).",
+    ),
+]
+GanSeedsOpt = Annotated[
+    int | None,
+    typer.Option("--gan-seeds", help="Generators per GAN arm, own seed and synthetic set each (default 3)."),
+]
 EpochsOpt = Annotated[int | None, typer.Option("--epochs", help="Classifier epochs (default 10).")]
 GanKimgOpt = Annotated[
     float | None, typer.Option("--gan-kimg", help="GAN training length (default: the GAN's).")
@@ -80,6 +93,8 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
         classic: ClassicOpt = None,
         arms: ArmsOpt = ",".join(ARMS),
         seeds: SeedsOpt = None,
+        gan_seeds: GanSeedsOpt = None,
+        allow_gan_overlap: AllowOverlapOpt = False,
         epochs: EpochsOpt = None,
         gan_kimg: GanKimgOpt = None,
         pretrained: PretrainedOpt = True,

@@ -68,78 +68,178 @@ def roc_figure(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _p(value: float) -> str:
+    if value != value:  # NaN
+        return "n/a"
+    return "<0.0001" if value < 1e-4 else f"{value:.4f}"
+
+
+def _interval(d: dict[str, float]) -> str:
+    return f"{d['diff']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]"
+
+
+def design_paragraph(state: dict[str, Any]) -> str:
+    """What was run and what every interval covers, in one paragraph."""
+    results, cfg = state["results"], state["config"]
+    d = results["design"]
+    counts = ", ".join(f"{n} {lb}" for lb, n in d["test_counts"].items())
+    gan_arms = [a for a in results["arms"] if "gan" in a]
+    gens = (
+        f"Each GAN arm used {d['generators']} generator(s) of the same architecture ({cfg['gan']}), each "
+        "trained with its own seed and each giving its own synthetic training set; "
+        if gan_arms
+        else ""
+    )
+    one_gen = (
+        " With a single generator the intervals do not include generator-to-generator variation: a "
+        "result holds for this one trained GAN, not for the architecture."
+        if gan_arms and d["generators"] < 2
+        else ""
+    )
+    return (
+        f"**Design.** {len(results['arms'])} arms ({', '.join(results['arms'])}) were compared on the same "
+        f"real test split of `{cfg['data']}` ({d['test_cases']} cases: {counts}). {gens}every training set "
+        f"was used to train {d['seeds']} `{cfg['classifier']}` classifiers with different seeds (seed k "
+        "of every arm shares its initialisation and data order). The primary endpoint is the macro "
+        "ROC-AUC difference of each arm against base; secondary endpoints are per-label AUC, "
+        "sensitivity and specificity (argmax decision). Every interval is a "
+        f"{d['level']:.0%} percentile interval of a nested bootstrap ({d['n_boot']} resamples) that "
+        "resamples generators, then classifier seeds, then test cases within each class (paired: the "
+        "same resampled cases and seeds for every arm), so it covers the variation from retraining the "
+        "GAN, retraining the classifier and drawing another test set of this size. p-values are "
+        f"(b + 1) / (B + 1) bootstrap p-values, shown raw and Holm-adjusted over all {d['family_size']} "
+        f"comparisons of the report; MDD is the difference the test would detect with "
+        f"{d['power']:.0%} power at this test-set size.{one_gen}"
+    )
+
+
+def conclusion(results: dict[str, Any]) -> list[str]:
+    """One plain-language sentence per arm that never claims more than its interval allows."""
+    out = []
+    for arm, rows in results["vs_base"].items():
+        r = rows.get("auc_macro")
+        if r is None:
+            continue
+        span = f"{r['ci_low']:+.3f} to {r['ci_high']:+.3f}"
+        if r.get("p_holm", 1.0) < 0.05 and r["ci_low"] > 0:
+            out.append(
+                f"- **{arm}** raised macro AUC over base by {r['diff']:+.3f} (95% interval {span}); the gain "
+                "held when generators, classifier seeds and test cases were resampled."
+            )
+        elif r.get("p_holm", 1.0) < 0.05 and r["ci_high"] < 0:
+            out.append(
+                f"- **{arm}** lowered macro AUC against base by {r['diff']:+.3f} (95% interval {span}): it "
+                "hurt the classifier in this setting."
+            )
+        else:
+            out.append(
+                f"- **{arm}**: no reliable difference from base ({r['diff']:+.3f}; the data are compatible "
+                f"with effects from {span}). This test set could detect about ±{r['mdd']:.3f} with 80% "
+                "power; smaller effects are not ruled out."
+            )
+    return out
+
+
 def write_experiment_report(state: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     results = state["results"]
     cfg = state["config"]
     auc_figure(results, out_dir / "auc_per_arm.png")
     roc_figure(results, out_dir / "roc_per_arm.png")
-    lines = ["# cxraug experiment: does augmentation help?", ""]
+    lines = ["# cxraug experiment: does augmentation help?", "", design_paragraph(state), ""]
+    gan_runs = state.get("gan_runs") or ([state["gan_run"]] if state.get("gan_run") else [])
     lines += [
         f"- dataset: `{cfg['data']}` (test split, real images only)",
-        f"- classifier: `{cfg['classifier']}`",
-        f"- GAN: `{state.get('gan_run') or 'none'}`",
-        f"- seeds per arm: {cfg['seeds']}",
-        f"- synthetic images: {cfg['synthetic']}, classic images: {cfg['classic']}",
+        f"- classifier: `{cfg['classifier']}`, {cfg['epochs']} epochs, {cfg['seeds']} seeds per training set",
+        f"- GAN runs: {', '.join(f'`{r}`' for r in gan_runs) or 'none'}",
+        f"- synthetic images per set: {cfg['synthetic']}, classic images: {cfg['classic']}",
         f"- created {state['created']}, cxraug {state['cxraug_version']}",
     ]
+    override = results["design"].get("provenance_override")
+    if override:
+        lines += ["", f"**Provenance check overridden:** {override}"]
     if cfg.get("quick"):
         lines += [
             "",
             "**--quick run: tiny budgets on small data; numbers show the pipeline works, not a finding.**",
         ]
-    rows = []
-    for arm, s in results["arms"].items():
-        rows.append(
-            {
-                "arm": arm,
-                "macro AUC [95% CI]": _ci(s["auc_macro"]),
-                "accuracy": _ci(s["accuracy"]),
-                "balanced acc.": _ci(s["balanced_accuracy"]),
-                "F1 macro": _ci(s["f1_macro"]),
-            }
-        )
-    lines += ["", "## Per arm (mean over seeds, 95% t-interval)", ""] + table_md(rows)
-    label_rows = []
-    for arm, s in results["arms"].items():
-        for lb in results["labels"]:
-            label_rows.append(
-                {
-                    "arm": arm,
-                    "label": lb,
-                    "AUC": _ci(s[f"auc/{lb}"]),
-                    "sensitivity": _ci(s[f"sens/{lb}"]),
-                    "specificity": _ci(s[f"spec/{lb}"]),
-                }
-            )
-    lines += ["", "## Per label", ""] + table_md(label_rows)
+    rows = [
+        {
+            "arm": arm,
+            "runs": f"{s['generators']} x {s['seeds']}",
+            "macro AUC [95% CI]": _ci(s["auc_macro"]),
+            "balanced acc. (mean of sens.)": _mean_sens(s, results["endpoints"]),
+        }
+        for arm, s in results["arms"].items()
+    ]
+    lines += ["", "## Per arm (estimate, nested-bootstrap 95% interval)", ""] + table_md(rows)
     if results["vs_base"]:
-        comp = []
-        for arm, c in results["vs_base"].items():
-            d = c["macro_auc_diff"]
-            comp.append(
-                {
-                    "arm vs base": arm,
-                    "macro AUC difference": fmt(d["diff"]),
-                    "95% CI (paired bootstrap)": f"[{fmt(d['ci_low'])}, {fmt(d['ci_high'])}]",
-                    "p": fmt(d["p"]),
-                }
-            )
-        lines += ["", "## Against base (paired bootstrap over test cases, seed-averaged)", ""] + table_md(
-            comp
-        )
-        delong = [
+        primary = [
             {
-                "arm": arm,
-                "label": lb,
-                "AUC arm": fmt(v["auc_arm"]),
-                "AUC base": fmt(v["auc_base"]),
-                "z": fmt(v["z"]),
-                "p (DeLong)": fmt(v["p"]),
+                "arm vs base": arm,
+                "macro AUC difference [95% CI]": _interval(c["auc_macro"]),
+                "p": _p(c["auc_macro"]["p"]),
+                "p (Holm)": _p(c["auc_macro"]["p_holm"]),
+                "MDD (80% power)": f"±{c['auc_macro']['mdd']:.4f}",
             }
             for arm, c in results["vs_base"].items()
-            for lb, v in c["delong"].items()
+            if "auc_macro" in c
         ]
-        lines += ["", "## DeLong test per label (seed-averaged scores)", ""] + table_md(delong)
+        lines += ["", "## Primary endpoint: macro ROC-AUC against base", ""] + table_md(primary)
+        lines += ["", "## Conclusion", ""] + conclusion(results)
+        secondary = [
+            {
+                "arm": arm,
+                "endpoint": ep,
+                "difference [95% CI]": _interval(r),
+                "p": _p(r["p"]),
+                "p (Holm)": _p(r["p_holm"]),
+            }
+            for arm, c in results["vs_base"].items()
+            for ep, r in c.items()
+            if ep != "auc_macro"
+        ]
+        lines += ["", "## Secondary endpoints (same bootstrap, same Holm family)", ""] + table_md(secondary)
+        variance = [
+            {
+                "arm vs base": arm,
+                **{
+                    f"{level} (share)": f"{v:.2e} ({v / total:.0%})" if total > 0 else f"{v:.2e}"
+                    for level, v in comps.items()
+                },
+            }
+            for arm, comps in results.get("variance", {}).items()
+            for total in [sum(x for x in comps.values() if x == x)]
+        ]
+        lines += [
+            "",
+            "## Where the uncertainty comes from",
+            "",
+            "Variance of the primary difference when only one level is resampled (the others kept as run).",
+            "",
+        ] + table_md(variance)
+        delong = results.get("delong_per_run", [])
+        if delong:
+            lines += [
+                "",
+                "## DeLong test per classifier run (paired with the base run of the same seed)",
+                "",
+                "Each test is valid for that pair of runs only: it conditions on one generator and one "
+                "seed, so the conclusions above do not rest on it.",
+                "",
+            ] + table_md(
+                [
+                    {
+                        "arm": r["arm"],
+                        "generator": r["generator"],
+                        "seed": r["seed"],
+                        "label": r["label"],
+                        "AUC arm": fmt(r["auc_arm"]),
+                        "AUC base": fmt(r["auc_base"]),
+                        "p (DeLong)": _p(r["p"]),
+                    }
+                    for r in delong
+                ]
+            )
     quality = results.get("gan_quality") or {}
     if quality:
         lines += ["", "## GAN image quality (vs real training images)", ""]
@@ -160,20 +260,24 @@ def write_experiment_report(state: dict[str, Any], out_dir: Path) -> tuple[Path,
     return write_pair("\n".join(lines) + "\n", out_dir, "cxraug experiment")
 
 
+def _mean_sens(summary: dict[str, Any], endpoints: list[str]) -> str:
+    sens = [summary[e]["mean"] for e in endpoints if e.startswith("sens/")]
+    return f"{sum(sens) / len(sens):.4f}" if len(sens) > 1 else "see per-label table"
+
+
 def summary_table(results: dict[str, Any], name: str) -> Any:
     """The terminal summary: macro ROC-AUC per arm and its difference against base."""
     from rich.table import Table
 
-    table = Table(title=f"experiment {name}: macro ROC-AUC on the real test split")
-    for col in ("arm", "mean", "95% CI (seeds)", "vs base", "p"):
+    table = Table(title=f"experiment {name}: macro ROC-AUC on the real test split (nested 95% intervals)")
+    for col in ("arm", "macro AUC [95% CI]", "vs base [95% CI]", "p (Holm)"):
         table.add_column(col)
     for arm, s in results["arms"].items():
-        d = results["vs_base"].get(arm, {}).get("macro_auc_diff")
+        d = results["vs_base"].get(arm, {}).get("auc_macro")
         table.add_row(
             arm,
-            f"{s['auc_macro']['mean']:.4f}",
-            f"[{s['auc_macro']['ci_low']:.4f}, {s['auc_macro']['ci_high']:.4f}]",
-            f"{d['diff']:+.4f}" if d else "",
-            f"{d['p']:.3f}" if d else "",
+            _ci(s["auc_macro"]),
+            _interval(d) if d else "",
+            _p(d["p_holm"]) if d else "",
         )
     return table

@@ -19,7 +19,7 @@ from cxraug.devices import pick_device
 from cxraug.errors import CxrError, DataError, OptionsError
 from cxraug.experiment import stats
 from cxraug.interfaces import AugmentServices, DistContext
-from cxraug.metrics.classification import evaluate_classifier
+from cxraug.metrics.classification import evaluate_classifier, macro_auc
 from cxraug.registry import Registry
 from cxraug.settings import NameList, Settings
 from cxraug.training.classifier_run import ClassifierRun, ClassifierSettings
@@ -53,11 +53,13 @@ QUICK: dict[str, Any] = {
     "gan_options": {"latent_dim": 64, "ngf": 32, "ndf": 32},
     "classifier_options": {"input_size": 64, "width": 16},
     "n_boot": 200,
+    "gan_seeds": 1,
 }
 FULL: dict[str, Any] = {
     "gan": "stylegan2",
     "classifier": "densenet121",
     "seeds": 5,
+    "gan_seeds": 3,
     "epochs": 10,
     "n_boot": 1000,
 }
@@ -74,6 +76,8 @@ class ExperimentSettings(Settings):
     classifier: str | None = None
     arms: NameList = list(ARMS)
     seeds: int | None = Field(None, ge=1, le=1000)
+    #: Generators per GAN arm (each trained with its own seed, each with its own synthetic set).
+    gan_seeds: int | None = Field(None, ge=1, le=100)
     synthetic: int | None = Field(None, ge=0)
     classic: int | None = Field(None, ge=0)
     epochs: int | None = Field(None, ge=1, le=100_000)
@@ -87,6 +91,8 @@ class ExperimentSettings(Settings):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     inception_weights: str | None = None
     quick: bool = False
+    #: Go on with a reused GAN run that saw the study's val/test images or cannot be verified.
+    allow_gan_overlap: bool = False
     #: Augmenters the classic and GAN arms use (any installed ones with the same capabilities).
     classic_augmenter: str = "classic"
     synthetic_augmenter: str = "synthetic"
@@ -147,6 +153,7 @@ class ExperimentJob(Job[ExperimentSettings, ExperimentRun]):
             "gan": gan,
             "classifier": clf,
             "seeds": settings.seeds or preset["seeds"],
+            "gan_seeds": settings.gan_seeds or preset["gan_seeds"],
             "epochs": settings.epochs or preset["epochs"],
             "synthetic": n_train if settings.synthetic is None else settings.synthetic,
             "classic": n_train if settings.classic is None else settings.classic,
@@ -228,65 +235,95 @@ class Experiment:
 
     # ------------------------------------------------------------------ stages
 
+    def generators(self, arm: str) -> list[int | None]:
+        """The generator index of each cell of an arm: 0..K-1 for GAN arms, [None] for the others."""
+        return list(range(len(self.state.get("gan_runs") or []))) if "gan" in arm else [None]
+
     def run(self) -> dict[str, Any]:
         cfg = self.config
         source = PreparedDataset(self.ws.dataset_dir(str(cfg.data)))
         if any("gan" in arm for arm in cfg.arms):
             self.gan_stage(source)
-        datasets = {arm: self.arm_dataset(arm, source) for arm in cfg.arms}
         for arm in cfg.arms:
-            for s in range(int(cfg.seeds or 0)):
-                self.classifier_stage(arm, s, datasets[arm])
+            for g in self.generators(arm):
+                dataset = self.arm_dataset(arm, source, g)
+                for s in range(int(cfg.seeds or 0)):
+                    self.classifier_stage(arm, s, dataset, g)
         results = self.analyse(source)
         self.state.update(results=results, status="finished", finished=now_iso())
         self.save()
         return results
 
-    def gan_stage(self, source: PreparedDataset) -> Path:
+    def gan_stage(self, source: PreparedDataset) -> list[Path]:
+        """Train (or resume) the K generators of the GAN arms, one seed each; or reuse a given run."""
         cfg = self.config
-        if self.state.get("gan_run") and self.state.get("gan_finished"):
-            return Path(self.state["gan_run"])
         gan = str(cfg.gan)
         if Path(gan).is_dir() or (GanRun.home(self.ws) / gan).is_dir():
             run = GanRun.resolve(self.ws, gan)
-            self.state.update(gan_run=str(run.path), gan_finished=True)
-            self.save()
-            return run.path
-        job = GanJob(self.ws, self.registry)
-        settings = job.resolve(
-            GanSettings(
-                arch=gan,
-                data=source.name,
-                size=source.size,
-                batch_size=cfg.batch_size,
-                kimg=cfg.gan_kimg,
-                seed=cfg.seed,
-                device=cfg.device,
-                options=dict(cfg.gan_options),
+            problem = provenance_problem(run, source)
+            if problem and not cfg.allow_gan_overlap:
+                raise DataError(
+                    f"--gan {gan}: {problem}. Its synthetic images could carry the study's held-out "
+                    "X-rays into training; train the GAN in the study (--gan ARCH) or on the study's "
+                    "own training split, or pass --allow-gan-overlap to go on (the report will say so)"
+                )
+            self.state.update(
+                gan_runs=[str(run.path)],
+                gan_run=str(run.path),
+                gan_finished=[True],
+                gan_reused=True,
+                provenance_override=f"{problem} (--allow-gan-overlap)" if problem else None,
             )
-        )
-        existing = GanRun(self.state["gan_run"]) if self.state.get("gan_run") else None
-        if existing is None:
-            existing = job.create(settings)
-            existing.mark(RunStatus.RUNNING, experiment=str(self.out_dir))
-            self.state["gan_run"] = str(existing.path)
             self.save()
-        console.print(f"[bold]experiment: training the {gan} GAN[/] ({existing.path})", soft_wrap=True)
-        run_job(job, existing.settings, existing)
-        self.state["gan_finished"] = True
-        self.save()
-        return existing.path
+            return [run.path]
+        k_total = int(cfg.gan_seeds or 1)
+        runs: list[str] = list(self.state.get("gan_runs") or [])
+        finished: list[bool] = list(self.state.get("gan_finished") or [])
+        job = GanJob(self.ws, self.registry)
+        for k in range(k_total):
+            if k < len(finished) and finished[k]:
+                continue
+            if k >= len(runs):
+                settings = job.resolve(
+                    GanSettings(
+                        arch=gan,
+                        data=source.name,
+                        size=source.size,
+                        batch_size=cfg.batch_size,
+                        kimg=cfg.gan_kimg,
+                        seed=cfg.seed + k,
+                        device=cfg.device,
+                        options=dict(cfg.gan_options),
+                    )
+                )
+                created = job.create(settings)
+                created.mark(RunStatus.RUNNING, experiment=str(self.out_dir))
+                runs.append(str(created.path))
+                self.state.update(gan_runs=runs, gan_run=runs[0])
+                self.save()
+            run = GanRun(runs[k])
+            console.print(
+                f"[bold]experiment: training {gan} generator {k + 1} of {k_total}[/] ({run.path})",
+                soft_wrap=True,
+            )
+            run_job(job, run.settings, run)
+            finished = (finished + [False] * k_total)[:k_total]
+            finished[k] = True
+            self.state["gan_finished"] = finished
+            self.save()
+        return [Path(r) for r in runs]
 
-    def arm_dataset(self, arm: str, source: PreparedDataset) -> PreparedDataset:
+    def arm_dataset(self, arm: str, source: PreparedDataset, g: int | None = None) -> PreparedDataset:
         cfg = self.config
         if arm == "base":
             return source
-        name = self.state["datasets"].get(arm) or f"{self.name}-{arm.replace('+', '-')}"
-        if arm in self.state["datasets"] and self.ws.dataset_dir(name).is_dir():
+        tag = cell_tag(arm, g)
+        name = self.state["datasets"].get(tag) or f"{self.name}-{tag}"
+        if tag in self.state["datasets"] and self.ws.dataset_dir(name).is_dir():
             return PreparedDataset(self.ws.dataset_dir(name))
         train_counts = {lb: len(source.indices("train", [lb])) for lb in source.classes}
         steps = []
-        gan_run = GanRun(self.state["gan_run"]) if "gan" in arm else None
+        gan_run = GanRun(self.state["gan_runs"][g]) if g is not None else None
         if "classic" in arm:
             cls = self.registry.augmenter(cfg.classic_augmenter)
             counts = balanced_counts(train_counts, int(cfg.classic or 0), list(source.classes))
@@ -304,7 +341,7 @@ class Experiment:
                 )
             counts = balanced_counts(train_counts, int(cfg.synthetic or 0), labels)
             steps.append(AugmentStep(cls(cls.Options()), counts))
-        console.print(f"[bold]experiment: building the {arm} training set[/]")
+        console.print(f"[bold]experiment: building the {tag} training set[/]")
         services = AugmentServices(
             workspace=self.ws,
             registry=self.registry,
@@ -314,13 +351,13 @@ class Experiment:
         dataset = augment_dataset(
             self.ws, source, steps, name=name, seed=cfg.seed, force=True, services=services
         )
-        self.state["datasets"][arm] = name
+        self.state["datasets"][tag] = name
         self.save()
         return dataset
 
-    def classifier_stage(self, arm: str, seed: int, dataset: PreparedDataset) -> None:
+    def classifier_stage(self, arm: str, seed: int, dataset: PreparedDataset, g: int | None = None) -> None:
         cfg = self.config
-        key = f"{arm}/{seed}"
+        key = run_key(arm, g, seed)
         entry = self.state["runs"].get(key)
         if entry and entry.get("status") == "finished":
             return
@@ -345,13 +382,13 @@ class Experiment:
             self.state["runs"][key] = entry
             self.save()
         run = ClassifierRun(entry["run"])
-        console.print(f"[bold]experiment: {arm}, seed {seed}[/] ({cfg.classifier} -> {run.name})")
+        console.print(f"[bold]experiment: {key}[/] ({cfg.classifier} -> {run.name})")
         outcome = run_job(job, settings, run)
         loaded = run.load(self.registry, self.device)
         source = PreparedDataset(self.ws.dataset_dir(str(cfg.data)))
         idx = source.indices("test", loaded.labels)
         np.savez_compressed(
-            self.out_dir / f"pred-{arm.replace('+', '-')}-{seed}.npz",
+            self.out_dir / f"pred-{cell_tag(arm, g)}-{seed}.npz",
             y_score=loaded.predict_proba(np.asarray(source.images[idx])),
             y_true=source.targets(idx),
             ids=np.array([source.rows[i]["id"] for i in idx]),
@@ -362,50 +399,61 @@ class Experiment:
 
     # ------------------------------------------------------------------ analysis
 
-    def predictions(self, arm: str) -> tuple[np.ndarray, list[np.ndarray]]:
-        scores, y = [], None
-        for s in range(int(self.config.seeds or 0)):
-            data = np.load(self.out_dir / f"pred-{arm.replace('+', '-')}-{s}.npz")
-            y = data["y_true"]
-            scores.append(data["y_score"])
+    def predictions(self, arm: str) -> tuple[np.ndarray, np.ndarray]:
+        """Test labels and the (G, S, N, C) probabilities of every classifier run of an arm."""
+        y: np.ndarray | None = None
+        cells = []
+        for g in self.generators(arm):
+            row = []
+            for s in range(int(self.config.seeds or 0)):
+                data = np.load(self.out_dir / f"pred-{cell_tag(arm, g)}-{s}.npz")
+                if y is not None and not np.array_equal(y, data["y_true"]):
+                    raise DataError(f"{self.out_dir}: runs of {arm!r} were scored on different test cases")
+                y = data["y_true"]
+                row.append(data["y_score"])
+            cells.append(np.stack(row))
         assert y is not None
-        return y, scores
+        return y, np.stack(cells)
 
     def analyse(self, source: PreparedDataset) -> dict[str, Any]:
+        """The nested analysis: generators, classifier seeds and test cases all resampled."""
         cfg = self.config
         labels = list(source.classes)
-        per_arm: dict[str, Any] = {}
-        preds = {arm: self.predictions(arm) for arm in cfg.arms}
+        y, arms = None, {}
         for arm in cfg.arms:
-            y, scores = preds[arm]
-            reports = [evaluate_classifier(y, sc, labels, n_boot=0, seed=cfg.seed) for sc in scores]
-            summary: dict[str, Any] = {"seeds": len(scores)}
-            for key in ("auc_macro", "accuracy", "balanced_accuracy", "f1_macro"):
-                summary[key] = _ci_dict([float(getattr(r, key)) for r in reports])
-            for lb in labels:
-                summary[f"auc/{lb}"] = _ci_dict([r.auc[lb] for r in reports])
-                summary[f"sens/{lb}"] = _ci_dict([r.sensitivity[lb] for r in reports])
-                summary[f"spec/{lb}"] = _ci_dict([r.specificity[lb] for r in reports])
-            mean_scores = np.mean(scores, 0)
-            summary["roc_curves"] = evaluate_classifier(y, mean_scores, labels, n_boot=0).roc_curves
-            per_arm[arm] = summary
-        comparisons = {}
-        if "base" in cfg.arms:
-            y, base = preds["base"]
-            for arm in cfg.arms:
-                if arm == "base":
-                    continue
-                _, scores = preds[arm]
-                comparisons[arm] = {
-                    "macro_auc_diff": stats.paired_bootstrap_macro_auc(
-                        y, scores, base, n_boot=int(cfg.n_boot or 1000), seed=cfg.seed
-                    ),
-                    "delong": stats.delong_per_label(y, np.mean(scores, 0), np.mean(base, 0), labels),
-                }
+            y, arms[arm] = self.predictions(arm)
+        assert y is not None
+        n_boot = int(cfg.n_boot or 1000)
+        study = stats.compare_arms(y, arms, labels, n_boot=n_boot, seed=cfg.seed)
+        per_arm = study["arms"]
+        for arm, cells in arms.items():
+            flat = cells.reshape(-1, *cells.shape[2:])
+            per_arm[arm]["auc_macro"]["values"] = [float(macro_auc(y, sc)) for sc in flat]
+            mean_scores = flat.mean(0)
+            per_arm[arm]["roc_curves"] = evaluate_classifier(y, mean_scores, labels, n_boot=0).roc_curves
+        counts = {lb: int((y == i).sum()) for i, lb in enumerate(labels)}
         return {
             "labels": labels,
+            "design": {
+                "generators": int(max(c.shape[0] for c in arms.values())),
+                "seeds": int(min(c.shape[1] for c in arms.values())),
+                "test_cases": int(len(y)),
+                "test_counts": counts,
+                "n_boot": n_boot,
+                "level": study["level"],
+                "power": study["power"],
+                "family_size": study["family_size"],
+                "correction": "Holm",
+                "gan_reused": bool(self.state.get("gan_reused")),
+                "provenance_override": self.state.get("provenance_override"),
+            },
+            "endpoints": study["endpoints"],
             "arms": per_arm,
-            "vs_base": comparisons,
+            "vs_base": study["vs_base"],
+            "variance": stats.variance_components(
+                y, arms, labels, n_boot=max(100, n_boot // 4), seed=cfg.seed
+            ),
+            "delong_per_run": stats.delong_per_run(y, arms, labels),
             "gan_quality": self.gan_quality(source),
         }
 
@@ -443,6 +491,33 @@ class Experiment:
         self.state["gan_quality"] = result
         self.save()
         return result
+
+
+def provenance_problem(run: GanRun, source: PreparedDataset) -> str | None:
+    """Why a reused GAN run may have seen the study's held-out images (None: verified clean)."""
+    ref = run.record.dataset
+    if ref is None or not (Path(ref.path) / "info.json").is_file():
+        return f"GAN run {run.path} cannot be verified: the dataset it was trained on is not there"
+    trained_on = PreparedDataset(Path(ref.path), check=False)
+    fingerprint, _ = trained_on.fingerprint(["train"], list(run.settings.classes))
+    if ref.fingerprint and fingerprint != ref.fingerprint:
+        return f"GAN run {run.path} cannot be verified: its dataset {ref.name!r} changed since it was trained"
+    seen = run.training_image_hashes()
+    held_out = {r["sha256"] for r in source.rows if r["split"] in ("val", "test")}
+    overlap = len(seen & held_out)
+    if overlap:
+        return f"{overlap} of the images GAN run {run.path} was trained on are in the study's val/test splits"
+    return None
+
+
+def cell_tag(arm: str, g: int | None) -> str:
+    """File and dataset tag of an arm's cell: ``classic-gan-g1`` (generator 1) or ``classic``."""
+    return arm.replace("+", "-") + (f"-g{g}" if g is not None else "")
+
+
+def run_key(arm: str, g: int | None, seed: int) -> str:
+    """Key of a classifier run in experiment.json: ``gan/g0/3`` or ``base/3``."""
+    return f"{arm}/g{g}/{seed}" if g is not None else f"{arm}/{seed}"
 
 
 def _ci_dict(values: list[float]) -> dict[str, Any]:

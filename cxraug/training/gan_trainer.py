@@ -158,7 +158,9 @@ class GANTrainer:
             total = max(1, math.ceil((cfg.kimg or 0) * 1000 / batch))
         return batch, steps_per_epoch, total
 
-    def build_gan(self, unit: Unit, k: int) -> GAN:
+    def build_gan(self, unit: Unit, k: int, batch: int | None = None) -> GAN:
+        """The GAN of a unit; ``batch`` is the batch it really trains with (all processes together),
+        which is smaller than --batch-size when the unit has fewer images (R1's gamma depends on it)."""
         cfg = self.config
         torch.manual_seed(cfg.seed + 1000 * k)
         spec = GANSpec(
@@ -169,7 +171,7 @@ class GANTrainer:
             seed=cfg.seed,
             dist=self.dist,
             epochs=int(math.ceil(cfg.epochs or 0)),
-            batch_size=cfg.batch_size,
+            batch_size=batch if batch is not None else self._budget(len(unit.images))[0],
         )
         return self.cls(self.options, spec)
 
@@ -180,7 +182,7 @@ class GANTrainer:
         status_path = unit.folder / "status.json"
         batch, steps_per_epoch, total = self._budget(len(unit.images))
         unit_name = f"{self.arch}/{unit.name}"
-        gan = self.build_gan(unit, k)
+        gan = self.build_gan(unit, k, batch)
         if cfg.transfer and not latest_checkpoint(ckpt_dir):
             self._transfer(gan, Path(cfg.transfer), unit.name)
         start = 0
