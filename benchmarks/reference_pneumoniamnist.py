@@ -12,6 +12,7 @@ Prints the wall time of each step; with --copy-to, copies report.md and its figu
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -49,9 +50,9 @@ EXPERIMENT = [
 def cxraug(workspace: Path, *args: str) -> float:
     """Run one cxraug command in the workspace; returns its wall time in seconds."""
     t0 = time.perf_counter()
-    cmd = [sys.executable, "-m", "cxraug", "--workspace", str(workspace), *args]
-    print("$ cxraug --workspace", workspace, " ".join(args), flush=True)
-    subprocess.run(cmd, check=True)
+    print(f"$ CXRAUG_WORKSPACE={workspace} cxraug {' '.join(args)}", flush=True)
+    env = {**os.environ, "CXRAUG_WORKSPACE": str(workspace)}
+    subprocess.run([sys.executable, "-m", "cxraug", *args], check=True, env=env)
     return time.perf_counter() - t0
 
 
