@@ -123,6 +123,11 @@ class ExperimentRun(ReportRun[ExperimentRecord]):
     def settings(self) -> ExperimentSettings:
         return self.record.config
 
+    def has_progress(self) -> bool:
+        """A trained generator or classifier run is worth keeping; a study refused at once is not."""
+        state = self.state()
+        return bool(state.get("gan_runs") or state.get("runs"))
+
     def state(self) -> dict[str, Any]:
         path = self.path / STATE
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}

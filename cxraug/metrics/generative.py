@@ -262,6 +262,27 @@ class MemorizationResult:
         """Indices of generated images that look copied."""
         return np.flatnonzero(self.gen_nn_distance <= self.threshold)
 
+    @property
+    def null_fraction(self) -> float:
+        """The score of real images the GAN never saw, scored the same way: the threshold taken from
+        half of the reference images, the share of the other half at or below it. A generator that
+        copies nothing scores about this (about ``percentile`` / 100), not 0."""
+        ref = self.ref_nn_distance
+        if len(ref) < 4:
+            return self.percentile / 100.0
+        return float(np.mean(ref[1::2] <= np.percentile(ref[0::2], self.percentile)))
+
+    def excess_p(self) -> float:
+        """One-sided exact binomial p of "no more look copied than ``percentile`` / 100 would"."""
+        from scipy.stats import binom
+
+        n = len(self.gen_nn_distance)
+        if n == 0:
+            return float("nan")
+        k = int(round(self.copied_fraction * n))
+        p0 = min(max(self.percentile / 100.0, 1.0 / (len(self.ref_nn_distance) + 1)), 1.0)
+        return float(max(binom.sf(k - 1, n, p0), np.finfo(float).tiny))
+
     def values(self) -> dict[str, float]:
         gen_med = float(np.median(self.gen_nn_distance))
         ref_med = float(np.median(self.ref_nn_distance))
@@ -271,6 +292,9 @@ class MemorizationResult:
             "nn_distance_median": gen_med,
             "ref_nn_distance_median": ref_med,
             "nn_distance_ratio": gen_med / ref_med if ref_med > 0 else float("nan"),
+            "null_fraction": self.null_fraction,
+            "expected_null_fraction": self.percentile / 100.0,
+            "excess_p": self.excess_p(),
         }
 
 
