@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
-from cxraug.experiment import stats
 from cxraug.training import classifier_trainer
 
 TINY = [
@@ -139,17 +137,3 @@ def test_changed_settings_refuse_to_mix(cxraug_cli, cxraug_workspace, tiny_data)
     ExperimentRun.create_at(out, ExperimentRecord(**base_record("experiment", "", recorded, None)))
     result = cxraug_cli("experiment", *TINY, "--out", str(out))
     assert result.exit_code == 2 and "--seeds 3 -> 2" in " ".join(result.output.split())
-
-
-def test_mean_ci_and_paired_bootstrap() -> None:
-    mean, lo, hi = stats.mean_ci([0.8, 0.82, 0.84])
-    assert mean == pytest.approx(0.82) and lo < mean < hi
-    assert np.isnan(stats.mean_ci([0.5])[1])
-    rng = np.random.default_rng(0)
-    y = np.repeat([0, 1, 2], 30)
-    good = np.eye(3)[y] * 0.8 + rng.random((90, 3)) * 0.2
-    noise = rng.random((90, 3))
-    res = stats.paired_bootstrap_macro_auc(y, [good, good], [noise, noise], n_boot=200, seed=1)
-    assert res["diff"] > 0.3 and res["ci_low"] > 0 and res["p"] < 0.05
-    same = stats.paired_bootstrap_macro_auc(y, [noise], [noise], n_boot=50, seed=1)
-    assert same["diff"] == 0 and same["p"] == 1.0

@@ -525,10 +525,5 @@ def run_key(arm: str, g: int | None, seed: int) -> str:
     return f"{arm}/g{g}/{seed}" if g is not None else f"{arm}/{seed}"
 
 
-def _ci_dict(values: list[float]) -> dict[str, Any]:
-    mean, lo, hi = stats.mean_ci(values, bounds=(0.0, 1.0))
-    return {"mean": mean, "ci_low": lo, "ci_high": hi, "values": values}
-
-
 def timestamp() -> str:
     return dt.datetime.now().strftime("%Y%m%d-%H%M%S")
