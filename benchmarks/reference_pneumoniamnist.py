@@ -81,6 +81,8 @@ def main() -> None:
             "pneumoniamnist32",
         )
     times["experiment"] = cxraug(ws, *EXPERIMENT, "--out", str(out))
+    # the analysis and report of the current cxraug from the stored predictions (no training)
+    times["analysis"] = cxraug(ws, "experiment", "--out", str(out), "--reanalyse")
     for step, seconds in times.items():
         print(f"wall time {step}: {seconds / 60:.1f} min")
     if args.copy_to is not None:

@@ -111,6 +111,10 @@ def test_experiment_results_carry_the_design(cxraug_cli, cxraug_workspace) -> No
     report = (out / "report.md").read_text()
     for section in ("**Design.**", "Holm", "## Conclusion", "Where the uncertainty comes from", "MDD"):
         assert section in report
+    (out / "report.md").unlink()
+    again = cxraug_cli("experiment", "--out", str(out), "--reanalyse")
+    assert again.exit_code == 0, again.output
+    assert (out / "report.md").read_text() == report, "the same predictions give the same analysis"
 
 
 def test_a_reused_gan_that_saw_the_test_images_is_refused(cxraug_cli, cxraug_workspace) -> None:

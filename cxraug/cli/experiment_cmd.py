@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -24,6 +24,7 @@ from cxraug.cli.common import (
 from cxraug.errors import OptionsError
 from cxraug.experiment.report import summary_table
 from cxraug.experiment.runner import ARMS, STATE, ExperimentJob, ExperimentRun, ExperimentSettings
+from cxraug.experiment.runner import reanalyse as reanalyse_study
 from cxraug.metrics.features import WEIGHTS_ENV
 from cxraug.settings import build_settings
 from cxraug.training.lifecycle import execute
@@ -55,6 +56,12 @@ AllowOverlapOpt = Annotated[
     typer.Option(
         "--allow-gan-overlap",
         help="Use a --gan RUN even if it saw the study's val/test images or cannot be verified (reported).",
+    ),
+]
+ReanalyseOpt = Annotated[
+    bool,
+    typer.Option(
+        "--reanalyse", help="Recompute a finished experiment's analysis and report (--out DIR); no training."
     ),
 ]
 GanSeedsOpt = Annotated[
@@ -95,6 +102,7 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
         seeds: SeedsOpt = None,
         gan_seeds: GanSeedsOpt = None,
         allow_gan_overlap: AllowOverlapOpt = False,
+        reanalyse: ReanalyseOpt = False,
         epochs: EpochsOpt = None,
         gan_kimg: GanKimgOpt = None,
         pretrained: PretrainedOpt = True,
@@ -117,13 +125,20 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
         flags = given_flags(typer_ctx, ExperimentSettings)
         flags.update({f"{k}_options": v for k, v in opts.items()})
         built = build_settings(ExperimentSettings, flags=flags)
+        ws = workspace_from(workspace)
+        if reanalyse:
+            run = ExperimentRun.resolve(ws, out)
+            _show(run, reanalyse_study(ws, ctx.registry, run))
+            return
         target = str(out) if out is not None and ExperimentRun.is_run(out) else ("auto" if resume else None)
-        job = ExperimentJob(workspace_from(workspace), ctx.registry)
+        job = ExperimentJob(ws, ctx.registry)
         outcome = execute(job, built, resume=target, dry_run=dry_run, argv=sys.argv[1:])
         report(job, outcome)
         if outcome.report and outcome.run is not None and outcome.plan is None and not outcome.note:
-            console.print(summary_table(outcome.run.state()["results"], outcome.run.name))
-            html, md = outcome.run.path / "report.html", outcome.run.path / "report.md"
-            console.print(
-                escape(f"report: {html} ({md}); results: {outcome.run.path / STATE}"), soft_wrap=True
-            )
+            _show(outcome.run, outcome.run.state()["results"])
+
+
+def _show(run: ExperimentRun, results: dict[str, Any]) -> None:
+    console.print(summary_table(results, run.name))
+    html, md = run.path / "report.html", run.path / "report.md"
+    console.print(escape(f"report: {html} ({md}); results: {run.path / STATE}"), soft_wrap=True)

@@ -167,6 +167,7 @@ def write_experiment_report(state: dict[str, Any], out_dir: Path) -> tuple[Path,
             "arm": arm,
             "runs": f"{s['generators']} x {s['seeds']}",
             "macro AUC [95% CI]": _ci(s["auc_macro"]),
+            "accuracy (mean of runs)": f"{s['accuracy']['mean']:.4f}" if "accuracy" in s else "n/a",
             "balanced acc. (mean of sens.)": _mean_sens(s, results["endpoints"]),
         }
         for arm, s in results["arms"].items()

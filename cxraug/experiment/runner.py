@@ -434,6 +434,8 @@ class Experiment:
         for arm, cells in arms.items():
             flat = cells.reshape(-1, *cells.shape[2:])
             per_arm[arm]["auc_macro"]["values"] = [float(macro_auc(y, sc)) for sc in flat]
+            accuracy = [float((sc.argmax(1) == y).mean()) for sc in flat]  # descriptive, not tested
+            per_arm[arm]["accuracy"] = {"mean": float(np.mean(accuracy)), "values": accuracy}
             mean_scores = flat.mean(0)
             per_arm[arm]["roc_curves"] = evaluate_classifier(y, mean_scores, labels, n_boot=0).roc_curves
         counts = {lb: int((y == i).sum()) for i, lb in enumerate(labels)}
@@ -496,6 +498,23 @@ class Experiment:
         self.state["gan_quality"] = result
         self.save()
         return result
+
+
+def reanalyse(workspace: Workspace, registry: Registry, run: ExperimentRun) -> dict[str, Any]:
+    """Recompute a finished study's analysis and report from its stored predictions (no training)."""
+    from cxraug.experiment.report import write_experiment_report
+
+    if run.status is not RunStatus.FINISHED:
+        raise OptionsError(
+            f"{run.path} has not finished; continue it with `cxraug experiment --resume --out DIR`"
+        )
+    with run.lock():
+        exp = Experiment(workspace, registry, run.path, run.settings)
+        source = PreparedDataset(workspace.dataset_dir(str(run.settings.data)))
+        exp.state["results"] = exp.analyse(source)
+        exp.save()
+        write_experiment_report(exp.state, run.path)
+    return exp.state["results"]
 
 
 def provenance_problem(run: GanRun, source: PreparedDataset) -> str | None:
