@@ -12,9 +12,14 @@ from cxraug.metrics.classification import auc_per_label, delong_test, macro_auc
 
 
 def metric_names(labels: list[str]) -> list[str]:
-    """The primary endpoint then the secondary ones; a binary task has one label's worth of tests."""
-    scored = labels[1:] if len(labels) == 2 else labels  # two classes: label 0's tests mirror label 1's
-    return ["auc_macro"] + [f"{kind}/{lb}" for lb in scored for kind in ("auc", "sens", "spec")]
+    """The primary endpoint then the secondary ones.
+
+    A binary task has one test per quantity: its per-label AUC is the macro AUC itself, and the
+    first label's sensitivity and specificity are the second's specificity and sensitivity.
+    """
+    if len(labels) == 2:
+        return ["auc_macro", f"sens/{labels[1]}", f"spec/{labels[1]}"]
+    return ["auc_macro"] + [f"{kind}/{lb}" for lb in labels for kind in ("auc", "sens", "spec")]
 
 
 def run_metrics(y: np.ndarray, scores: np.ndarray, labels: list[str]) -> np.ndarray:
@@ -22,13 +27,13 @@ def run_metrics(y: np.ndarray, scores: np.ndarray, labels: list[str]) -> np.ndar
     n_classes = len(labels)
     pred = scores.argmax(1)
     out = [macro_auc(y, scores)]
-    columns = [1] if n_classes == 2 else list(range(n_classes))
+    binary = n_classes == 2
     aucs = auc_per_label(y, scores)
-    for c in columns:
+    for c in [1] if binary else range(n_classes):
         pos, hit = y == c, pred == c
         sens = float(hit[pos].mean()) if pos.any() else float("nan")
         spec = float((~hit[~pos]).mean()) if (~pos).any() else float("nan")
-        out += [float(aucs[c]), sens, spec]
+        out += [sens, spec] if binary else [float(aucs[c]), sens, spec]
     return np.asarray(out, dtype=np.float64)
 
 
