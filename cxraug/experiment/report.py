@@ -38,7 +38,7 @@ def auc_figure(results: dict[str, Any], path: Path) -> None:
         ax.scatter([k] * len(vals), vals, color="k", s=10, zorder=3)
     ax.set_ylabel("macro ROC-AUC (test)")
     ax.set_ylim(max(0.0, min(means) - 0.15) if means else 0, 1.0)
-    ax.set_title("macro AUC per arm: mean, 95% CI over seeds, each seed")
+    ax.set_title("macro AUC per arm: estimate, nested 95% interval, each run")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -186,7 +186,6 @@ def write_experiment_report(state: dict[str, Any], out_dir: Path) -> tuple[Path,
             if "auc_macro" in c
         ]
         lines += ["", "## Primary endpoint: macro ROC-AUC against base", ""] + table_md(primary)
-        lines += ["", "## Conclusion", ""] + conclusion(results)
         secondary = [
             {
                 "arm": arm,
@@ -258,6 +257,8 @@ def write_experiment_report(state: dict[str, Any], out_dir: Path) -> tuple[Path,
         "",
         "![ROC curves per arm](roc_per_arm.png)",
     ]
+    if results["vs_base"]:
+        lines += ["", "## Conclusion", ""] + conclusion(results)
     return write_pair("\n".join(lines) + "\n", out_dir, "cxraug experiment")
 
 
