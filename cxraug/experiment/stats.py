@@ -90,10 +90,8 @@ def nested_bootstrap(
     arms: dict[str, np.ndarray],
     labels: list[str],
     *,
-    base: str = "base",
     n_boot: int = 1000,
     seed: int = 0,
-    level: float = 0.95,
     levels: tuple[str, ...] = ("generators", "seeds", "cases"),
 ) -> np.ndarray:
     """(B, arms, endpoints) bootstrap means: generators, then classifier seeds, then test cases.
@@ -143,7 +141,7 @@ def compare_arms(
             for k in names
         ]
     )
-    boots = nested_bootstrap(y, arms, labels, base=base, n_boot=n_boot, seed=seed, level=level)
+    boots = nested_bootstrap(y, arms, labels, n_boot=n_boot, seed=seed)
     lo_q, hi_q = (1 - level) / 2, (1 + level) / 2
     z = float(stats.norm.ppf(1 - (1 - level) / 2) + stats.norm.ppf(power))
     per_arm: dict[str, Any] = {}
@@ -213,7 +211,7 @@ def variance_components(
         return out
     names = list(arms)
     for level in ("generators", "seeds", "cases"):
-        boots = nested_bootstrap(y, arms, labels, base=base, n_boot=n_boot, seed=seed + 1, levels=(level,))
+        boots = nested_bootstrap(y, arms, labels, n_boot=n_boot, seed=seed + 1, levels=(level,))
         b_i = names.index(base)
         for a, name in enumerate(names):
             if name == base:
