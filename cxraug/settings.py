@@ -119,7 +119,7 @@ def describe_error(
         elif key:
             lines.append(f"{model.flag(key)} {_show(value)}: {msg}")
         else:
-            lines.append(msg.removeprefix("Value error, "))
+            lines.append(msg)
     return "; ".join(line.replace("Value error, ", "") for line in lines)
 
 

@@ -242,7 +242,9 @@ def write_experiment_report(state: dict[str, Any], out_dir: Path) -> tuple[Path,
             )
     quality = results.get("gan_quality") or {}
     if quality:
-        lines += ["", "## GAN image quality (vs real training images)", ""]
+        k = results["design"]["generators"]
+        which = f", generator 1 of {k}" if k > 1 else ""
+        lines += ["", f"## GAN image quality (vs real training images{which})", ""]
         if "skipped" in quality:
             lines.append(f"FID/KID not computed: {quality['skipped']}")
         else:

@@ -14,7 +14,6 @@ from pydantic import Field, field_validator
 from cxraug import __version__
 from cxraug.data.augment import AugmentStep, augment_dataset, balanced_counts
 from cxraug.data.prepared import PreparedDataset
-from cxraug.data.resolve import open_dataset
 from cxraug.devices import pick_device
 from cxraug.errors import CxrError, DataError, OptionsError
 from cxraug.experiment import stats
@@ -140,7 +139,7 @@ class ExperimentJob(Job[ExperimentSettings, ExperimentRun]):
 
     def resolve(self, settings: ExperimentSettings) -> ExperimentSettings:
         preset = QUICK if settings.quick else FULL
-        dataset = open_dataset(self.ws, self.registry, settings.data, real=True)
+        dataset = self.open(settings.data, real=True)
         source = dataset.info.get("augmented_from")
         if source:
             raise OptionsError(
@@ -178,7 +177,7 @@ class ExperimentJob(Job[ExperimentSettings, ExperimentRun]):
         return ExperimentSettings.model_validate({**settings.model_dump(), **update})
 
     def data(self, settings: ExperimentSettings) -> DataRef:
-        ds = open_dataset(self.ws, self.registry, settings.data)
+        ds = self.open(settings.data)
         return DataRef.of(ds, ["train", "val", "test"], list(ds.classes))
 
     def record(self, settings: ExperimentSettings) -> tuple[str, ExperimentRecord]:
@@ -230,6 +229,9 @@ class Experiment:
             }
             self.save()
         self.device = str(pick_device(config.device))
+        # one job per kind for the whole study: each opens a dataset once, not once per run
+        self.gan_job = GanJob(workspace, registry)
+        self.classifier_job = ClassifierJob(workspace, registry)
 
     def save(self) -> None:
         write_json_atomic(self.state_path, self.state)
@@ -246,7 +248,7 @@ class Experiment:
 
     def run(self) -> dict[str, Any]:
         cfg = self.config
-        source = PreparedDataset(self.ws.dataset_dir(str(cfg.data)))
+        source = self.classifier_job.open(str(cfg.data))
         if any("gan" in arm for arm in cfg.arms):
             self.gan_stage(source)
         for arm in cfg.arms:
@@ -284,7 +286,7 @@ class Experiment:
         k_total = int(cfg.gan_seeds or 1)
         runs: list[str] = list(self.state.get("gan_runs") or [])
         finished: list[bool] = list(self.state.get("gan_finished") or [])
-        job = GanJob(self.ws, self.registry)
+        job = self.gan_job
         for k in range(k_total):
             if k < len(finished) and finished[k]:
                 continue
@@ -325,7 +327,7 @@ class Experiment:
         tag = cell_tag(arm, g)
         name = self.state["datasets"].get(tag) or f"{self.name}-{tag}"
         if tag in self.state["datasets"] and self.ws.dataset_dir(name).is_dir():
-            return PreparedDataset(self.ws.dataset_dir(name))
+            return self.classifier_job.open(name)
         train_counts = {lb: len(source.indices("train", [lb])) for lb in source.classes}
         steps = []
         gan_run = GanRun(self.state["gan_runs"][g]) if g is not None else None
@@ -366,7 +368,7 @@ class Experiment:
         entry = self.state["runs"].get(key)
         if entry and entry.get("status") == "finished":
             return
-        job = ClassifierJob(self.ws, self.registry)
+        job = self.classifier_job
         settings = job.resolve(
             ClassifierSettings(
                 arch=cfg.classifier,
@@ -390,7 +392,7 @@ class Experiment:
         console.print(f"[bold]experiment: {key}[/] ({cfg.classifier} -> {run.name})")
         outcome = run_job(job, settings, run)
         loaded = run.load(self.registry, self.device)
-        source = PreparedDataset(self.ws.dataset_dir(str(cfg.data)))
+        source = job.open(str(cfg.data))
         idx = source.indices("test", loaded.labels)
         np.savez_compressed(
             self.out_dir / f"pred-{cell_tag(arm, g)}-{seed}.npz",

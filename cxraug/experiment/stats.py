@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from cxraug.metrics.classification import auc_per_label, delong_test, macro_auc
+from cxraug.metrics.classification import auc_per_label, delong_test, macro_of
 
 
 def metric_names(labels: list[str]) -> list[str]:
@@ -26,9 +26,9 @@ def run_metrics(y: np.ndarray, scores: np.ndarray, labels: list[str]) -> np.ndar
     """Every endpoint of one classifier run on one set of test cases, in ``metric_names`` order."""
     n_classes = len(labels)
     pred = scores.argmax(1)
-    out = [macro_auc(y, scores)]
+    aucs = auc_per_label(y, scores)  # once: the bootstrap calls this for every run and resample
+    out = [macro_of(aucs)]
     binary = n_classes == 2
-    aucs = auc_per_label(y, scores)
     for c in [1] if binary else range(n_classes):
         pos, hit = y == c, pred == c
         sens = float(hit[pos].mean()) if pos.any() else float("nan")

@@ -78,7 +78,11 @@ MACRO_AUC_DEFINITION = (
 
 def macro_auc(y: np.ndarray, scores: np.ndarray) -> float:
     """The macro one-vs-rest ROC-AUC used everywhere: model selection, reports and studies."""
-    aucs = auc_per_label(y, scores)
+    return macro_of(auc_per_label(y, scores))
+
+
+def macro_of(aucs: np.ndarray) -> float:
+    """Macro AUC from per-label AUCs already computed (see ``MACRO_AUC_DEFINITION``)."""
     defined = np.isfinite(aucs)
     return float(aucs[defined].mean()) if defined.any() else float("nan")
 

@@ -15,7 +15,6 @@ from rich.progress import TextColumn
 from torch import nn
 
 from cxraug.data.prepared import PreparedDataset
-from cxraug.data.resolve import open_dataset
 from cxraug.errors import DataError, OptionsError
 from cxraug.interfaces import Classifier, DistContext, PluginOptions
 from cxraug.metrics.classification import auc_per_label, macro_auc
@@ -301,7 +300,7 @@ class ClassifierJob(Job[ClassifierSettings, ClassifierRun]):
                 raise OptionsError(f"--freeze-backbone: {settings.arch} has no pretrained backbone to freeze")
             raw["freeze_backbone"] = settings.freeze_backbone
         options = resolve_options(cls.Options, plugin=f"classifier {settings.arch}", config=raw)
-        dataset = open_dataset(self.ws, self.registry, settings.data)
+        dataset = self.open(settings.data)
         classes = dataset.select_classes(settings.classes)
         if len(classes) < 2:
             raise OptionsError("a classifier needs at least two classes")
@@ -332,7 +331,7 @@ class ClassifierJob(Job[ClassifierSettings, ClassifierRun]):
         return transform
 
     def dataset(self, settings: ClassifierSettings) -> PreparedDataset:
-        return open_dataset(self.ws, self.registry, settings.data)
+        return self.open(settings.data)
 
     def data(self, settings: ClassifierSettings) -> DataRef:
         return DataRef.of(self.dataset(settings), ["train", "val"], list(settings.classes))

@@ -16,7 +16,6 @@ import torch
 from rich.progress import TextColumn
 
 from cxraug.data.prepared import PreparedDataset
-from cxraug.data.resolve import open_dataset
 from cxraug.errors import DataError, OptionsError, TrainingInterruptedError
 from cxraug.imageio import resize
 from cxraug.interfaces import GAN, DistContext, GANSpec, PluginOptions
@@ -419,7 +418,7 @@ class GanJob(Job[GanSettings, GanRun]):
     def resolve(self, settings: GanSettings) -> GanSettings:
         cls: type[GAN] = self.plugin("gan", settings.arch, "cxraug train-gan dcgan")
         options = resolve_options(cls.Options, plugin=f"gan {settings.arch}", config=settings.options)
-        dataset = open_dataset(self.ws, self.registry, settings.data, real=True)
+        dataset = self.open(settings.data, real=True)
         update: dict[str, Any] = {
             "data": dataset.name,
             "classes": dataset.select_classes(settings.classes),
@@ -433,7 +432,7 @@ class GanJob(Job[GanSettings, GanRun]):
         return GanSettings.model_validate({**settings.model_dump(), **update})
 
     def dataset(self, settings: GanSettings) -> PreparedDataset:
-        return open_dataset(self.ws, self.registry, settings.data)
+        return self.open(settings.data)
 
     def data(self, settings: GanSettings) -> DataRef:
         return DataRef.of(self.dataset(settings), ["train"], list(settings.classes))

@@ -19,6 +19,8 @@ from typing import Any, ClassVar, Generic, TypeVar
 import torch
 from pydantic import ValidationError
 
+from cxraug.data.prepared import PreparedDataset
+from cxraug.data.resolve import open_dataset
 from cxraug.devices import pick_device
 from cxraug.errors import DataError, OptionsError, TrainingInterruptedError
 from cxraug.fileio import remove_orphan_temps
@@ -45,6 +47,15 @@ class Job(ABC, Generic[S, R]):
 
     def __init__(self, workspace: Workspace, registry: Registry) -> None:
         self.ws, self.registry = workspace, registry
+        self._datasets: dict[str, PreparedDataset] = {}
+
+    def open(self, name: str | None, *, real: bool = False) -> PreparedDataset:
+        """A prepared dataset, opened (manifest read, invariants checked) once per job."""
+        if name is not None and name in self._datasets:
+            return self._datasets[name]
+        dataset = open_dataset(self.ws, self.registry, name, real=real)
+        self._datasets[dataset.name] = dataset
+        return dataset
 
     @abstractmethod
     def resolve(self, settings: S) -> S:

@@ -197,11 +197,14 @@ class Run(Generic[RecordT]):
     @classmethod
     def latest_resumable(cls: type[RunT], workspace: Workspace, arch: str | None = None) -> RunT | None:
         """The newest run that ``--resume auto`` continues: running or interrupted, never failed."""
-        runs = [
-            r
-            for r in cls.all(workspace)
-            if r.record.status in RESUMABLE and (arch is None or r.record.arch == arch)
-        ]
+        runs = []
+        for run in cls.all(workspace):
+            try:
+                record = run.record
+            except DataError:
+                continue  # a damaged record is not continued silently; naming it resumes it
+            if record.status in RESUMABLE and (arch is None or record.arch == arch):
+                runs.append(run)
         return runs[-1] if runs else None
 
     # ------------------------------------------------------------------ the record
