@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import difflib
+import inspect
 import re
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
+
+from pydantic import BaseModel
 
 from cxraug.errors import PluginError
 from cxraug.interfaces import (
@@ -36,6 +39,8 @@ class PluginEntry:
     reason: str = ""
     description: str = ""
     cls: type[Plugin] | None = None
+    #: The plugin (entry point) that registered it, when known; not part of the listing.
+    plugin: str = ""
 
     def as_dict(self) -> dict[str, str]:
         return {
@@ -56,20 +61,35 @@ class Registry:
         self._entries: dict[str, dict[str, PluginEntry]] = {kind: {} for kind in KINDS}
         self.problems: list[PluginEntry] = []
 
-    def add(self, kind: str, cls: object, *, package: str, version: str) -> PluginEntry:
-        """Register ``cls`` as a ``kind`` plugin; a bad or duplicate class becomes a problem row."""
-        name = getattr(cls, "name", None)
-        label = name if isinstance(name, str) else getattr(cls, "__name__", repr(cls))
-        entry = PluginEntry(kind=kind, name=label, package=package, version=version)
+    def add(self, kind: str, cls: object, *, package: str, version: str, plugin: str = "") -> PluginEntry:
+        """Register ``cls`` as a ``kind`` plugin; a bad or duplicate class becomes a problem row.
+
+        ``plugin`` names the plugin (entry point) registering it, to tell a name registered twice
+        by one plugin from two packages wanting the same name. The first registration of a name
+        wins; build_registry registers the built-ins first.
+        """
+        try:
+            name = getattr(cls, "name", None)
+            label = name if isinstance(name, str) else getattr(cls, "__name__", None)
+            label = label if isinstance(label, str) else _short_repr(cls)
+        except Exception:  # a plugin object whose attributes raise: listed, never fatal
+            name, label = None, _short_repr(cls)
+        entry = PluginEntry(kind=kind, name=label, package=package, version=version, plugin=plugin)
         base = INTERFACES[kind]
         if not (isinstance(cls, type) and issubclass(cls, base)):
-            return self._problem(entry, "error", f"registered {cls!r}, not a {base.__name__} class")
+            return self._problem(entry, "error", _not_a_class(kind, cls))
         if not isinstance(name, str) or not _NAME.match(name):
             return self._problem(
                 entry,
                 "error",
                 f"class {cls.__name__} needs a lower-case `name` (letters, digits, - and _)",
             )
+        try:
+            problem = _contract_problem(kind, cls)
+        except Exception as exc:  # inspecting a hostile class must not break the listing
+            problem = f"class {cls.__name__} could not be checked: {type(exc).__name__}: {exc}"
+        if problem:
+            return self._problem(entry, "error", problem)
         if issubclass(cls, DatasetAdapter) and cls.demo and cls.needs_root:
             return self._problem(
                 entry,
@@ -80,12 +100,24 @@ class Registry:
         entry.cls = cls
         entry.description = (cls.description or (cls.__doc__ or "").strip()).split("\n")[0]
         existing = self._entries[kind].get(name)
+        if existing is not None and plugin and existing.plugin == plugin:
+            return self._problem(
+                entry,
+                "error",
+                f"{kind} name {name!r} is registered twice by plugin {plugin!r} "
+                f"(class {cls.__qualname__}); only the first is used: give each class its own name",
+            )
         if existing is not None:
+            remedy = (
+                "built-in names always win; rename the plugin"
+                if existing.package == _CORE_PACKAGE
+                else "uninstall one of the two packages or rename the plugin"
+            )
             return self._problem(
                 entry,
                 "conflict",
                 f"{kind} name {name!r} is already registered by {existing.package}; "
-                "this one is ignored (uninstall one of the two packages or rename the plugin)",
+                f"this one is ignored ({remedy})",
             )
         self._entries[kind][name] = entry
         return entry
@@ -102,6 +134,13 @@ class Registry:
         """The class registered as ``name``; unknown names get a suggestion and the valid list."""
         entry = self._entries[kind].get(name)
         if entry is None or entry.cls is None:
+            failed = [p for p in self.problems if p.kind == kind and p.name == name]
+            if failed:
+                row = failed[0]
+                raise PluginError(
+                    f"{kind} {name!r} from {row.package} {row.version} is not usable: {row.reason}. "
+                    "`cxraug plugins list` shows every plugin and its status."
+                )
             known = self.names(kind)
             close = difflib.get_close_matches(name, known, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
@@ -157,3 +196,124 @@ class Registry:
             rows = [r for r in rows if r.kind == kind]
         order = {k: i for i, k in enumerate(KINDS)}
         return sorted(rows, key=lambda r: (order.get(r.kind, len(order)), r.name, r.status))
+
+
+# ------------------------------------------------------------------------- checks at registration
+
+#: The hook that registers each kind, for "register it with ..." hints.
+_HOOK_OF: dict[str, str] = {
+    "dataset": "register_datasets",
+    "gan": "register_gans",
+    "augmenter": "register_augmenters",
+    "classifier": "register_classifiers",
+    "metric": "register_metrics",
+}
+
+
+def _short_repr(obj: object) -> str:
+    try:
+        text = repr(obj)
+    except Exception:  # a repr that raises must not hide the real reason
+        text = f"<{type(obj).__name__} object>"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _not_a_class(kind: str, cls: object) -> str:
+    base = INTERFACES[kind]
+    if isinstance(cls, type):
+        for other, interface in INTERFACES.items():
+            if issubclass(cls, interface):
+                return (
+                    f"class {cls.__name__} is a {interface.__name__}; register it with "
+                    f"{_HOOK_OF[other]}, not {_HOOK_OF[kind]}"
+                )
+        return f"class {cls.__name__} is not a subclass of cxraug.interfaces.{base.__name__}"
+    if isinstance(cls, base):
+        return f"registered an instance of {type(cls).__name__}; register the class itself"
+    return f"registered {_short_repr(cls)}, not a {base.__name__} class"
+
+
+def _contract_problem(kind: str, cls: type[Plugin]) -> str | None:
+    """Why ``cls`` would fail when the core uses it, or None: checked once, at registration.
+
+    Catches what otherwise surfaces as a TypeError traceback mid-command: abstract methods left
+    unimplemented, an options model that is not a pydantic model forbidding unknown keys, and
+    required methods (and ``__init__``) that cannot take the arguments the core passes.
+    """
+    base = INTERFACES[kind]
+    missing = sorted(getattr(cls, "__abstractmethods__", ()))
+    if missing:
+        return f"class {cls.__name__} does not implement {', '.join(missing)} (required by {base.__name__})"
+    options = getattr(cls, "Options", None)
+    if not (isinstance(options, type) and issubclass(options, BaseModel)):
+        return (
+            f"{cls.__name__}.Options is {_short_repr(options)}, not a pydantic model; make it a "
+            "subclass of cxraug.interfaces.PluginOptions"
+        )
+    if options.model_config.get("extra") != "forbid":
+        return (
+            f"{cls.__name__}.Options ({options.__name__}) accepts unknown keys, so a misspelled option "
+            "would be ignored; set model_config extra='forbid' (subclass cxraug.interfaces.PluginOptions)"
+        )
+    if not isinstance(getattr(cls, "description", ""), str):
+        return f"{cls.__name__}.description must be a string, not {type(cls.description).__name__}"
+    for method in sorted(getattr(base, "__abstractmethods__", ())):
+        problem = _signature_problem(cls, base, method, with_minimal_call=True)
+        if problem:
+            return problem
+    if cls.__init__ is not base.__init__:
+        # The core always passes the options (and, to a GAN, the spec) by position.
+        return _signature_problem(cls, base, "__init__", with_minimal_call=False)
+    return None
+
+
+def _signature_problem(cls: type, base: type, method: str, *, with_minimal_call: bool) -> str | None:
+    """Whether ``cls.method`` accepts the calls the core makes, as ``base.method`` declares them.
+
+    Parameters the contract declares positional are passed by position (so a plugin may rename
+    them), keyword-only ones by keyword; with ``with_minimal_call`` parameters with defaults are
+    also left out, as the core does for e.g. ``generate(z, labels)``.
+    """
+    contract = inspect.signature(getattr(base, method))
+    params = list(contract.parameters.values())[1:]  # without self
+    raw = inspect.getattr_static(cls, method)
+    impl = getattr(cls, method)
+    if not callable(impl):
+        return f"{cls.__name__}.{method} is not a method ({type(impl).__name__})"
+    if inspect.isfunction(raw):
+        receiver: list[Any] = [None]  # self
+    elif isinstance(raw, (staticmethod, classmethod)):
+        receiver = []  # no self, or cls already bound by getattr
+    else:  # some other callable object: how it binds is its own business
+        return None
+    try:
+        signature = inspect.signature(impl)
+    except (TypeError, ValueError):  # no introspectable signature: trust it
+        return None
+    calls: list[list[inspect.Parameter]] = [params]
+    if with_minimal_call:
+        calls.append([p for p in params if p.default is inspect.Parameter.empty])
+    for call in calls:
+        positional: list[Any] = [*receiver]
+        keywords: dict[str, Any] = {}
+        for p in call:
+            if p.kind is inspect.Parameter.KEYWORD_ONLY:
+                keywords[p.name] = None
+            else:
+                positional.append(None)
+        try:
+            signature.bind(*positional, **keywords)
+        except TypeError as exc:
+            return (
+                f"{cls.__name__}.{method}{_plain(signature, len(receiver))} cannot be called as "
+                f"{method}{_plain(contract, 1)}, as the core does: {exc}"
+            )
+    return None
+
+
+def _plain(signature: inspect.Signature, skip: int) -> str:
+    """The signature without its first ``skip`` parameters and without annotations."""
+    params = [
+        p.replace(annotation=inspect.Parameter.empty) for p in list(signature.parameters.values())[skip:]
+    ]
+    return str(signature.replace(parameters=params, return_annotation=inspect.Signature.empty))

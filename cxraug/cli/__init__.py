@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+import typer.main
 from rich.markup import escape
 
 from cxraug import __version__
@@ -21,7 +22,7 @@ from cxraug.cli import (
 )
 from cxraug.cli.common import AppContext
 from cxraug.errors import CxrError
-from cxraug.plugins import PluginManager, get_plugin_manager
+from cxraug.plugins import PluginCrash, PluginManager, call_isolated, get_plugin_manager
 from cxraug.ui import console
 
 COMMAND_FAMILIES = (plugins_cmd, data_cmd, gan_cmd, augment_cmd, classify_cmd, evaluate_cmd, experiment_cmd)
@@ -57,16 +58,53 @@ def build_app(pm: PluginManager | None = None) -> typer.Typer:
     ctx = AppContext(pm)
     for family in COMMAND_FAMILIES:
         family.add_commands(app, ctx)
-    for impl in pm.hook.register_commands.get_hookimpls():
-        try:
-            impl.function(app=app)
-        except Exception as exc:  # a broken third-party command must not take the CLI down
-            if pm.provider(impl.plugin_name).name == "cxraug":
-                raise
-            logging.getLogger(__name__).warning(
-                "plugin %r failed to add its commands: %s", impl.plugin_name, exc
-            )
+    _add_plugin_commands(app, pm)
+    ctx.sync_failures()
     return app
+
+
+def _add_plugin_commands(app: typer.Typer, pm: PluginManager) -> None:
+    """Call every ``register_commands`` hook; a third-party one that raises, adds a command Click
+    cannot build, or reuses a command name already taken adds nothing and is listed as failed."""
+    taken: set[str] | None = None
+    for impl in pm.ordered_hookimpls("register_commands"):
+        args = [app for _ in impl.argnames]
+        if pm.is_builtin(impl.plugin_name):
+            impl.function(*args)  # a broken built-in is a bug: let it raise
+            continue
+        if taken is None:
+            taken = _command_names(app.registered_commands, app.registered_groups)
+        n_commands, n_groups = len(app.registered_commands), len(app.registered_groups)
+        try:
+            call_isolated(impl.function, *args)
+            new = call_isolated(
+                _command_names, app.registered_commands[n_commands:], app.registered_groups[n_groups:]
+            )
+        except PluginCrash as crash:  # a broken third-party command must not take the CLI down
+            del app.registered_commands[n_commands:], app.registered_groups[n_groups:]
+            pm.record_failure(
+                impl.plugin_name, f"register_commands raised {crash.reason}; its commands are not added"
+            )
+            continue
+        clash = sorted(new & taken)
+        if clash:
+            del app.registered_commands[n_commands:], app.registered_groups[n_groups:]
+            pm.record_failure(
+                impl.plugin_name,
+                f"command name {', '.join(map(repr, clash))} is already taken; none of this plugin's "
+                "commands are added (rename the command, or uninstall one of the two packages)",
+                status="conflict",
+            )
+            continue
+        taken |= new
+
+
+def _command_names(commands: list[Any], groups: list[Any]) -> set[str]:
+    """The top-level names these Typer registrations produce (built as Click would build them)."""
+    probe = typer.Typer()
+    probe.registered_commands = list(commands)
+    probe.registered_groups = list(groups)
+    return set(typer.main.get_group(probe).commands)
 
 
 def _setup_logging(verbose: bool) -> None:

@@ -39,6 +39,13 @@ class AppContext:
             self._registry = build_registry(self.pm)
         return self._registry
 
+    def sync_failures(self) -> None:
+        """List plugin failures recorded after the registry was built (by ``register_commands``,
+        which runs after the command families have built it for their ``--help`` epilogs)."""
+        if self._registry is not None:
+            problems = self._registry.problems
+            problems.extend(entry for entry in self.pm.failures if entry not in problems)
+
 
 def handle_errors(fn: F) -> F:
     """Print user errors (CxrError) without a traceback and exit 2; Ctrl-C exits 130."""
