@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import stat
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, overload
@@ -15,8 +16,16 @@ from cxraug.fileio import file_sha256
 if TYPE_CHECKING:
     import torch
 
-# Chest X-rays reach ~25 MP; Pillow's default bomb limit (89 MP) is kept, only raised a little.
-Image.MAX_IMAGE_PIXELS = 200_000_000
+# Pillow's own bomb guard (it warns above this and refuses above twice this) stays as a backstop;
+# read_gray's max_pixels, checked from the header before any pixel is decoded, is the real limit.
+PIL_WARN_PIXELS = 200_000_000
+Image.MAX_IMAGE_PIXELS = PIL_WARN_PIXELS
+#: Largest image (width x height) read_gray decodes by default. Chest X-rays reach ~25 MP; a
+#: 16-bit image at this limit peaks at ~600 MB while it is scaled to 8 bits. ``data prepare
+#: --max-pixels`` raises it, up to ``MAX_PIXELS_CEILING``.
+DEFAULT_MAX_PIXELS = 50_000_000
+#: Pillow refuses anything above twice ``Image.MAX_IMAGE_PIXELS`` whatever we allow.
+MAX_PIXELS_CEILING = 2 * PIL_WARN_PIXELS
 
 RESIZE_MODES = ("pad", "crop")
 #: The one filter images are resized with (prepare, GAN and classifier batches, synthetic images).
@@ -31,7 +40,7 @@ def _to_uint8_gray(img: Image.Image) -> np.ndarray:
     """Any Pillow mode to a 2-D uint8 array; high bit depths are min-max scaled."""
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
+        arr = np.array(img, dtype=np.float64)
         return _scale_to_uint8(arr)
     if mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
@@ -47,12 +56,26 @@ def _to_uint8_gray(img: Image.Image) -> np.ndarray:
 
 
 def _scale_to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Min-max scale a float64 array (its own, so modified in place) to uint8."""
+    finite = np.isfinite(arr)
+    if not finite.all():
+        # NaN or inf would turn the whole image black (or noise) through the min-max scaling.
+        bad = int(arr.size - np.count_nonzero(finite))
+        raise ImageReadError(
+            f"{bad} of {arr.size} pixel values are NaN or infinite (a floating-point image "
+            "without a valid range); not an X-ray cxraug can scale"
+        )
+    del finite
     lo, hi = float(np.min(arr)), float(np.max(arr))
     if hi <= lo:
         return np.zeros(arr.shape[:2], dtype=np.uint8)
     if arr.ndim == 3:
         arr = arr[..., :3].mean(axis=2)
-    return np.round((arr - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+    # In place: a 50 MP 16-bit image is 400 MB as float64, and each temporary would be another.
+    arr -= lo
+    arr *= 255.0 / (hi - lo)
+    np.round(arr, out=arr)
+    return arr.astype(np.uint8)
 
 
 def array_to_gray(arr: np.ndarray) -> np.ndarray:
@@ -62,7 +85,7 @@ def array_to_gray(arr: np.ndarray) -> np.ndarray:
         arr = arr[..., 0]
     if arr.ndim == 3 and arr.shape[2] in (3, 4):
         if arr.dtype != np.uint8:
-            return _scale_to_uint8(arr.astype(np.float64))
+            return _scale_to_uint8(arr.astype(np.float64))  # astype copies: the caller's stays
         img = Image.fromarray(np.ascontiguousarray(arr), "RGB" if arr.shape[2] == 3 else "RGBA")
         return _to_uint8_gray(img)
     if arr.ndim != 2:
@@ -72,30 +95,72 @@ def array_to_gray(arr: np.ndarray) -> np.ndarray:
     return _scale_to_uint8(arr.astype(np.float64))
 
 
-def read_gray(path: Path, target: int | None = None) -> np.ndarray:
+def read_gray(path: Path, target: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode ``path`` by content (the extension may lie), apply EXIF rotation, return uint8 2-D.
 
     ``target`` lets JPEG decoding skip detail finer than needed for a ``target``-pixel result.
+    An image of more than ``max_pixels`` pixels (after that JPEG reduction) is refused from its
+    header, before its pixels are decoded: a small file can hold a huge image (a 381 KB 16-bit PNG
+    of 14000x14000 zeros needs 2.7 GB to decode).
     """
     path = Path(path)
     try:
-        if path.stat().st_size == 0:
-            raise ImageReadError("empty file (0 bytes)")
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as opened:
-                if target and opened.format == "JPEG":
-                    opened.draft(opened.mode if opened.mode in ("L", "RGB") else None, (target, target))
-                opened.load()
-                return _to_uint8_gray(ImageOps.exif_transpose(opened))
+        info = path.stat()
+    except OSError as exc:  # e.g. a dangling link
+        raise ImageReadError(f"cannot read the file: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(info.st_mode):  # reading a FIFO or a device could block or never end
+        raise ImageReadError("not a regular file (a FIFO, device or socket)")
+    if info.st_size == 0:
+        raise ImageReadError("empty file (0 bytes)")
+    try:
+        image = _decode(path, target, max_pixels)
     except ImageReadError:
         raise
     except UnidentifiedImageError:
         raise ImageReadError("not an image Pillow can read (unknown or corrupt format)") from None
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-        raise ImageReadError(f"too large to decode safely: {exc}") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageReadError(f"could not decode: {exc}") from None
+        raise ImageReadError(
+            f"too large to decode safely ({exc}); cxraug decodes at most {MAX_PIXELS_CEILING} pixels"
+        ) from None
+    except MemoryError:
+        raise ImageReadError("not enough memory to decode it") from None
+    except Exception as exc:  # noqa: BLE001 - see below
+        # Pillow's decoders meet corrupt files with OSError and ValueError mostly, but also
+        # struct.error, IndexError, KeyError, TypeError, EOFError, ZeroDivisionError, ... Whatever
+        # it raises while decoding a file, the file is unreadable; our own code runs after this.
+        raise ImageReadError(f"could not decode: {type(exc).__name__}: {exc}") from None
+    with image:
+        try:
+            return _to_uint8_gray(image)
+        except (ValueError, OSError) as exc:  # a mode Pillow decodes but cannot convert
+            raise ImageReadError(f"cannot convert its {image.mode} pixels to grayscale: {exc}") from None
+
+
+def _decode(path: Path, target: int | None, max_pixels: int) -> Image.Image:
+    """Open, check the size from the header, decode and EXIF-rotate (Pillow's part only)."""
+    with warnings.catch_warnings():
+        # Pillow warns above Image.MAX_IMAGE_PIXELS: an error, unless max_pixels allows more.
+        if max_pixels <= PIL_WARN_PIXELS:
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        else:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        opened = Image.open(path)
+        try:
+            if target and opened.format == "JPEG":
+                opened.draft(opened.mode if opened.mode in ("L", "RGB") else None, (target, target))
+            width, height = opened.size
+            if width * height > max_pixels:
+                raise ImageReadError(
+                    f"{width}x{height} pixels ({width * height / 1e6:.1f} MP) is more than the "
+                    f"{max_pixels / 1e6:g} MP cxraug decodes; if it really is an X-ray, raise the "
+                    "limit with `data prepare --max-pixels N`"
+                )
+            opened.load()
+            ImageOps.exif_transpose(opened, in_place=True)  # in place: no second copy of a big image
+        except BaseException:
+            opened.close()
+            raise
+        return opened
 
 
 @overload
@@ -192,11 +257,13 @@ def array_sha256(arr: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def decode_source(source: Path | np.ndarray, size: int, mode: str) -> tuple[np.ndarray, str, int]:
+def decode_source(
+    source: Path | np.ndarray, size: int, mode: str, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[np.ndarray, str, int]:
     """(size x size uint8 image, content sha256, perceptual hash) for a file or array."""
     if isinstance(source, np.ndarray):
         gray, digest = array_to_gray(source), array_sha256(source)
     else:
-        gray, digest = read_gray(source, target=size), file_sha256(source)
+        gray, digest = read_gray(source, target=size, max_pixels=max_pixels), file_sha256(source)
     square = fit_square(gray, size, mode)
     return square, digest, perceptual_hash(square)

@@ -106,7 +106,9 @@ class Record:
 
     ``image`` is the path of the file as downloaded (its extension may lie) or an in-memory array
     (uint8 or uint16, 2-D grayscale or HxWx3/4). ``split`` is the source's official split
-    (``train``/``val``/``test``) or None when the source defines none.
+    (``train``/``val``/``test``) or None when the source defines none. ``refused`` says why a row
+    is left out without reading its file (e.g. ``train.txt:12: '../x.png' points outside the
+    dataset folder``); prepare lists it under skipped, and ``--strict`` makes it an error.
     """
 
     image: ImageSource
@@ -117,6 +119,7 @@ class Record:
     view: str | None = None
     split: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    refused: str | None = None
 
 
 class DatasetAdapter(Plugin[O], ABC):

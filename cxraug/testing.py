@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from cxraug.data.paths import DatasetRoot
 from cxraug.errors import DataError
 from cxraug.interfaces import DatasetAdapter, Record
 from cxraug.labels import VOCABULARY
@@ -63,8 +64,11 @@ def check_dataset_adapter(adapter: DatasetAdapter, root: Path | None) -> list[Re
         assert rec.source == adapter.name, f"{adapter.name}: record source {rec.source!r}"
         if isinstance(rec.image, np.ndarray):
             assert rec.image.ndim in (2, 3), f"{adapter.name}: image array {rec.image.shape}"
-        else:
+        elif rec.refused is None:
             assert Path(rec.image).is_file(), f"{adapter.name}: {rec.image} does not exist"
+            if root is not None:
+                escape = DatasetRoot(root).escapes(Path(rec.image))
+                assert escape is None, f"{adapter.name}: {escape}; yield it with refused= set instead"
     assert all(isinstance(n, str) for n in adapter.notes())
     assert not (adapter.demo and adapter.needs_root), f"{adapter.name}: a demo adapter must not need a root"
     if adapter.needs_root:

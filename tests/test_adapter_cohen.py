@@ -196,3 +196,33 @@ def test_options_and_registration() -> None:
     registered: list[type] = []
     cohen.register_datasets(registered.append)
     assert registered == [CohenAdapter]
+
+
+def test_rows_leaving_the_root_are_refused_with_file_and_line(tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    image(outside / "secret.png")
+    image(root / "images" / "ok.png")
+    (root / "images" / "link.png").symlink_to(outside / "secret.png")
+    metadata = root / "metadata.csv"
+    metadata.write_text(
+        LATE_HEADER
+        + "1,,M,,No Finding,,,PA,X-ray,,,images,ok.png,,,,,\n"
+        + "2,,M,,No Finding,,,PA,X-ray,,,images,../../outside/secret.png,,,,,\n"
+        + "3,,M,,No Finding,,,PA,X-ray,,,/abs,x.png,,,,,\n"
+        + "4,,M,,No Finding,,,PA,X-ray,,,images,link.png,,,,,\n",
+        encoding="utf-8",
+    )
+    records = list(CohenAdapter().records(root))
+    assert [(r.original, r.refused is None) for r in records] == [
+        ("images/ok.png", True),
+        ("images/../../outside/secret.png", False),
+        ("/abs/x.png", False),
+        ("images/link.png", False),
+    ]
+    assert str(records[1].refused).startswith(
+        f"{metadata}:3: 'images/../../outside/secret.png' points outside"
+    )
+    assert str(records[2].refused).startswith(f"{metadata}:4: '/abs/x.png' points outside")
+    assert str(records[3].refused).startswith(f"{metadata}:5: 'images/link.png' is a link to {outside}")
+    with pytest.raises(DataError, match=r"metadata=../outside/m.csv: .* points outside"):
+        list(CohenAdapter(CohenAdapter.Options(metadata="../outside/m.csv")).records(root))

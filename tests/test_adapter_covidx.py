@@ -151,3 +151,40 @@ def test_options_and_registration() -> None:
     covidx.register_datasets(registered.append)
     assert registered == [CovidxAdapter]
     assert CovidxAdapter.name == "covidx" and "\n" not in CovidxAdapter.description
+
+
+def test_rows_leaving_the_root_are_refused_with_file_and_line(tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    image(outside / "secret.png")
+    image(root / "train" / "ok.png")
+    (root / "train" / "link.png").symlink_to(outside / "secret.png")
+    labels = write(
+        root / "train.txt",
+        "P1 ok.png normal\n"
+        "P900 ../../outside/secret.png pneumonia\n"
+        "P901 /abs/x.png pneumonia\n"
+        "P902 link.png covid\n",
+    )
+    records = list(CovidxAdapter().records(root))
+    assert [(r.original, r.label, r.refused is None) for r in records] == [
+        ("train/ok.png", "normal", True),
+        ("train/../../outside/secret.png", "pneumonia", False),
+        ("/abs/x.png", "pneumonia", False),
+        ("train/link.png", "covid", False),
+    ]
+    assert records[1].refused == (
+        f"{labels}:2: 'train/../../outside/secret.png' points outside the dataset folder {root}; refused"
+    )
+    assert str(records[2].refused).startswith(f"{labels}:3: '/abs/x.png' points outside")
+    assert str(records[3].refused).startswith(f"{labels}:4: 'train/link.png' is a link to {outside}")
+
+
+def test_label_file_outside_the_root_is_an_error(tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    image(root / "train" / "a.png")
+    write(outside / "train.txt", "P1 a.png normal\n")
+    with pytest.raises(DataError, match=r"--opt train_file=../outside/train.txt: .* points outside"):
+        list(CovidxAdapter(CovidxAdapter.Options(train_file="../outside/train.txt")).records(root))
+    (root / "train.txt").symlink_to(outside / "train.txt")
+    with pytest.raises(DataError, match=r"train label file: 'train.txt' is a link to .*outside"):
+        list(CovidxAdapter().records(root))

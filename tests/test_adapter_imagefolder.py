@@ -144,3 +144,24 @@ def test_options_and_registration() -> None:
     registered: list[type] = []
     imagefolder.register_datasets(registered.append)
     assert registered == [ImageFolderAdapter]
+
+
+def test_links_out_of_the_root_are_refused_or_not_walked(tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    image(outside / "secret.png")
+    image(outside / "folder" / "also-secret.png")
+    image(root / "covid" / "a.png")
+    image(root / "normal" / "b.png")
+    (root / "normal" / "inside-link.png").symlink_to(root / "covid" / "a.png")
+    (root / "normal" / "escape.png").symlink_to(outside / "secret.png")
+    (root / "healthy").symlink_to(outside / "folder", target_is_directory=True)  # a label alias
+    adapter = ImageFolderAdapter()
+    records = list(adapter.records(root))
+    assert [(r.original, r.refused is None) for r in records] == [
+        ("covid/a.png", True),
+        ("normal/b.png", True),
+        ("normal/escape.png", False),
+        ("normal/inside-link.png", True),
+    ]
+    assert str(records[2].refused).startswith(f"'normal/escape.png' is a link to {outside / 'secret.png'}")
+    assert f"ignored folders that are links out of {root}: healthy" in adapter.notes()

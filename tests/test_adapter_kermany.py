@@ -140,3 +140,21 @@ def test_options_and_registration() -> None:
     registered: list[type] = []
     kermany.register_datasets(registered.append)
     assert registered == [KermanyAdapter]
+
+
+def test_links_out_of_the_root_are_refused_or_not_walked(tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    image(outside / "secret.png")
+    image(outside / "folder" / "person9_virus_1.jpeg")
+    base = root / "chest_xray"
+    image(base / "train" / "NORMAL" / "IM-0001-0001.jpeg")
+    (base / "train" / "NORMAL" / "IM-0002-0001.jpeg").symlink_to(outside / "secret.png")
+    (base / "train" / "PNEUMONIA").symlink_to(outside / "folder", target_is_directory=True)
+    adapter = KermanyAdapter()
+    records = list(adapter.records(root))
+    assert [(r.original, r.refused is None) for r in records] == [
+        ("chest_xray/train/NORMAL/IM-0001-0001.jpeg", True),
+        ("chest_xray/train/NORMAL/IM-0002-0001.jpeg", False),
+    ]
+    assert "is a link to" in str(records[1].refused)
+    assert f"ignored folders that are links out of {root}: chest_xray/train/PNEUMONIA" in adapter.notes()

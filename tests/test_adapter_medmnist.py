@@ -239,3 +239,11 @@ def test_registered_by_its_hook() -> None:
     assert registered == [MedMnistAdapter] and MedMnistAdapter.needs_root is False
     for name, field in MedMnistAdapter.Options.model_fields.items():
         assert field.description, f"option {name} has no description"
+
+
+def test_file_option_may_not_leave_the_root_folder(tmp_path: Path) -> None:
+    pneumonia_npz(tmp_path / "elsewhere" / "x.npz")
+    (tmp_path / "root").mkdir()
+    with pytest.raises(DataError, match=r"file=../elsewhere/x.npz: .* points outside .*--root path/to"):
+        adapter(file="../elsewhere/x.npz").records(tmp_path / "root")
+    assert len(list(adapter().records(tmp_path / "elsewhere" / "x.npz"))) == 6

@@ -108,3 +108,20 @@ def test_registration() -> None:
     radiography.register_datasets(registered.append)
     assert registered == [RadiographyAdapter]
     assert RadiographyAdapter.Options().model_dump() == {}
+
+
+def test_links_out_of_the_root_are_refused_or_not_walked(tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    image(outside / "secret.png")
+    image(outside / "folder" / "also-secret.png")
+    image(root / "COVID" / "images" / "COVID-1.png")
+    (root / "COVID" / "images" / "COVID-2.png").symlink_to(outside / "secret.png")
+    (root / "Normal").symlink_to(outside / "folder", target_is_directory=True)
+    adapter = RadiographyAdapter()
+    records = list(adapter.records(root))
+    assert [(r.original, r.refused is None) for r in records] == [
+        ("COVID/images/COVID-1.png", True),
+        ("COVID/images/COVID-2.png", False),
+    ]
+    assert "is a link to" in str(records[1].refused)
+    assert f"ignored folders that are links out of {root}: Normal" in adapter.notes()

@@ -123,3 +123,52 @@ def test_default_dataset_is_latest_then_demo(cxraug_workspace) -> None:
     again = open_dataset(cxraug_workspace, registry, None)
     assert again.name == "demo"
     assert cxraug_workspace.dataset_names() == ["demo"]
+
+
+def _conflicting_tree(root: Path) -> Path:
+    """Two classes of distinct pictures, plus one picture in both, saved with other compression."""
+    _folder(root)
+    picture = np.asarray(Image.fromarray(np.arange(36, dtype=np.uint8).reshape(6, 6) * 7).resize((40, 30)))
+    Image.fromarray(picture).save(root / "covid" / "same.png", compress_level=9)
+    Image.fromarray(picture).save(root / "normal" / "same.png", compress_level=1)
+    return root
+
+
+def test_conflicts_policy_as_flag_option_or_config(cxraug_cli, cxraug_workspace, tmp_path: Path) -> None:
+    root = str(_conflicting_tree(tmp_path / "tree"))
+    base = ["data", "prepare", "imagefolder", "--root", root, "--size", "16", "--force"]
+    result = cxraug_cli(*base)
+    assert result.exit_code == 0, result.output
+    assert "1 group(s) of duplicate images with conflicting labels" in result.output
+    report = json.loads((cxraug_workspace.data_dir / "imagefolder" / "report.json").read_text())
+    assert [m["original"] for m in report["conflicts"][0]["members"]] == ["covid/same.png", "normal/same.png"]
+
+    result = cxraug_cli(*base, "--opt", "conflicts=keep-first")
+    assert result.exit_code == 0, result.output
+    rows = open_dataset(cxraug_workspace, build_registry(get_plugin_manager()), "imagefolder").rows
+    assert {"covid/same.png"} == {r["original"] for r in rows} & {"covid/same.png", "normal/same.png"}
+    info = json.loads((cxraug_workspace.data_dir / "imagefolder" / "info.json").read_text())
+    assert info["settings"]["conflicts"] == "keep-first"
+    assert "conflicts" not in info["sources"][0]["options"], "a prepare setting, not an adapter option"
+
+    config = tmp_path / "c.toml"
+    config.write_text('[prepare]\nconflicts = "error"\n')
+    cases = [
+        (["--conflicts", "error"], "--conflicts error: 1 group(s) of identical or near-identical images"),
+        (["--config", str(config)], "carry conflicting labels, e.g. covid/same.png (covid), normal/same.png"),
+        (
+            ["--opt", "conflicts=first"],
+            "--opt conflicts=first: Input should be 'drop', 'keep-first' or 'error'",
+        ),
+        (
+            ["--conflicts", "drop", "--opt", "conflicts=error"],
+            "--opt conflicts=error and --conflicts drop disagree",
+        ),
+        (["--opt", "max_pixels=100"], "none of the 26 images could be used"),
+        (["--max-pixels", "0"], "--max-pixels 0: Input should be greater than or equal to 1"),
+    ]
+    for args, message in cases:
+        result = cxraug_cli(*base, *args)
+        assert result.exit_code == 2, (args, result.output)
+        assert message in " ".join(result.output.split()), (args, result.output)
+        assert "Traceback" not in result.output

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import struct
+import subprocess
+import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +16,7 @@ from PIL import Image
 
 from cxraug.imageio import (
     ImageReadError,
+    array_to_gray,
     decode_source,
     fit_square,
     perceptual_hash,
@@ -91,6 +96,125 @@ def test_bad_files_raise_with_a_reason(tmp_path: Path, content: bytes | None, re
     else:
         path.write_bytes(content)
     with pytest.raises(ImageReadError, match=reason):
+        read_gray(path)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_float_tiff_with_nan_or_inf_is_refused_not_blackened(tmp_path: Path, bad: float) -> None:
+    arr = np.linspace(0, 1, 16 * 16, dtype=np.float32).reshape(16, 16)
+    arr[4, 7] = bad
+    path = tmp_path / "float.tif"
+    Image.fromarray(arr).save(path)
+    with Image.open(path) as img:
+        assert img.mode == "F"
+    with pytest.raises(ImageReadError, match=r"1 of 256 pixel values are NaN or infinite"):
+        read_gray(path)
+    with pytest.raises(ImageReadError, match="NaN or infinite"):
+        array_to_gray(arr.astype(np.float64))
+    assert not np.isfinite(arr).all(), "the caller's array is left as it was"
+
+
+def test_finite_float_tiff_still_scales(tmp_path: Path) -> None:
+    arr = np.linspace(-3, 5, 16 * 16, dtype=np.float32).reshape(16, 16)
+    Image.fromarray(arr).save(tmp_path / "float.tif")
+    gray = read_gray(tmp_path / "float.tif")
+    assert gray.min() == 0 and gray.max() == 255
+
+
+def _png_of_zeros(path: Path, width: int, height: int, depth: int = 16, rows: int | None = None) -> Path:
+    """A PNG of zeros, compressed 100 rows at a time (the pixels are never all in memory).
+
+    ``rows`` writes only that many rows of pixel data: a header that claims more than the file holds.
+    """
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    packer = zlib.compressobj(9)
+    block = b"\x00" * ((1 + width * depth // 8) * 100)  # each row: filter byte 0, then zeros
+    body = b"".join(packer.compress(block) for _ in range((rows or height) // 100)) + packer.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.fixture(scope="module")
+def huge_png(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The attack's file: 381 KB on disk, 14000 x 14000 16-bit pixels (2.7 GB to decode before)."""
+    return _png_of_zeros(tmp_path_factory.mktemp("huge") / "huge.png", 14000, 14000)
+
+
+def test_huge_png_is_refused_from_its_header_before_decoding(
+    huge_png: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert huge_png.stat().st_size < 400_000
+    with Image.open(huge_png) as img:
+        assert img.size == (14000, 14000) and img.mode.startswith("I;16")
+
+    def no_decoding(self: Image.Image) -> None:
+        raise AssertionError("pixels decoded")
+
+    monkeypatch.setattr(Image.Image, "load", no_decoding)
+    monkeypatch.setattr("PIL.ImageFile.ImageFile.load", no_decoding)
+    with pytest.raises(ImageReadError, match=r"14000x14000 pixels \(196\.0 MP\) is more than the 50 MP"):
+        read_gray(huge_png)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads VmHWM from Linux /proc")
+def test_huge_png_decode_attempt_stays_small_in_memory(huge_png: Path) -> None:
+    """In a fresh process: the refusal costs megabytes, not the 2.7 GB of decoding it."""
+    # VmHWM (peak resident memory of this process image); getrusage's ru_maxrss would include
+    # the pytest parent's peak, inherited through fork and exec.
+    script = (
+        "import sys\n"
+        "from cxraug.imageio import ImageReadError, read_gray\n"
+        "try:\n"
+        "    read_gray(sys.argv[1], 64)\n"
+        "except ImageReadError as exc:\n"
+        "    print('refused', exc)\n"
+        "status = open('/proc/self/status').read()\n"
+        "print('peak_kb', status.split('VmHWM:')[1].split()[0])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(huge_png)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=huge_png.parent,  # not the repository: `python -c` puts the working folder first
+        env={"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PATH": "/usr/bin:/bin"},
+    ).stdout
+    assert "refused 14000x14000" in out
+    peak_mb = int(out.rsplit("peak_kb", 1)[1]) / 1024
+    assert peak_mb < 300, f"refusing the huge PNG took {peak_mb:.0f} MB"
+
+
+def test_pixel_limit_can_be_raised(tmp_path: Path) -> None:
+    path = tmp_path / "x.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (100, 120), np.uint8)).save(path)
+    with pytest.raises(ImageReadError, match=r"120x100 pixels .* --max-pixels"):
+        read_gray(path, max_pixels=11_999)
+    assert read_gray(path, max_pixels=12_000).shape == (100, 120)
+
+
+def test_pillow_decompression_bomb_is_a_reason(tmp_path: Path) -> None:
+    """Headers past Pillow's own limit (here 10 G pixels) are refused by Pillow, and said so."""
+    path = _png_of_zeros(tmp_path / "bomb.png", 100_000, 100_000, depth=8, rows=100)
+    with pytest.raises(ImageReadError, match="too large to decode safely"):
+        read_gray(path, max_pixels=400_000_000)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dangling", "folder"])
+def test_non_files_are_refused_without_opening(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "x.png"
+    if kind == "fifo":
+        import os
+
+        os.mkfifo(path)  # opening it would block forever
+    elif kind == "dangling":
+        path.symlink_to(tmp_path / "nowhere.png")
+    else:
+        path.mkdir()
+    with pytest.raises(ImageReadError, match="not a regular file|cannot read the file"):
         read_gray(path)
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 from cxraug.data.prepare import PrepareSettings, Source, prepare_dataset
 from cxraug.data.prepared import PreparedDataset
-from cxraug.errors import DataError
+from cxraug.errors import DataError, OptionsError
 from cxraug.interfaces import DatasetAdapter, Record
 from cxraug.plugins.datasets.imagefolder import ImageFolderAdapter
 from cxraug.workspace import Workspace
@@ -224,3 +224,135 @@ def test_torch_dataset_reads_memmap(tmp_path: Path) -> None:
     assert image.shape == (1, 16, 16) and 0.0 <= float(image.min()) <= float(image.max()) <= 1.0
     assert int(target) in (0, 1)
     assert isinstance(ds.images, np.memmap)
+
+
+def _png(path: Path, arr: np.ndarray, **save: object) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path, format="PNG", **save)
+    return path
+
+
+def _tree_with_one_picture_under_two_labels(root: Path) -> None:
+    for i in range(6):
+        _png(root / "normal" / f"n{i}.png", _img(i, 48))
+        _png(root / "covid" / f"c{i}.png", _img(100 + i, 48))
+    picture = _img(500, 48)
+    a = _png(root / "normal" / "same.png", picture, compress_level=1)
+    b = _png(root / "covid" / "same.png", picture, compress_level=9)
+    assert a.read_bytes() != b.read_bytes(), "the copies differ in bytes, not in pixels"
+
+
+def test_recompressed_copy_under_another_label_is_dropped_and_reported(tmp_path: Path) -> None:
+    root = tmp_path / "tree"
+    _tree_with_one_picture_under_two_labels(root)
+    settings = PrepareSettings(name="t", size=16)
+    result = prepare_dataset(Workspace(tmp_path / "ws"), [Source(ImageFolderAdapter(), root)], settings)
+    originals = {r["original"] for r in result.dataset.rows}
+    assert "normal/same.png" not in originals and "covid/same.png" not in originals
+    assert len(originals) == 12
+    (group,) = result.report["conflicts"]
+    assert group["labels"] == ["covid", "normal"] and group["action"] == "dropped every copy"
+    members = {(m["original"], m["label"]) for m in group["members"]}
+    assert members == {("normal/same.png", "normal"), ("covid/same.png", "covid")}
+    assert all(len(m["id"]) == 16 and m["source"] == "imagefolder" for m in group["members"])
+    reasons = {d["original"]: d["reason"] for d in result.report["dropped"]}
+    assert (
+        "conflicting labels" in reasons["normal/same.png"] and "covid/same.png" in reasons["normal/same.png"]
+    )
+    md = (result.dataset.path / "prepare-report.md").read_text()
+    assert "## Duplicates with conflicting labels" in md
+    assert "`normal/same.png` (imagefolder" in md and "`covid/same.png` (imagefolder" in md
+    assert json.loads((result.dataset.path / "info.json").read_text())["settings"]["conflicts"] == "drop"
+
+
+def test_conflict_policies_keep_first_and_error(tmp_path: Path) -> None:
+    base = _img(1000, 64)
+    noisy = np.clip(base.astype(int) + np.random.default_rng(0).integers(-3, 4, base.shape), 0, 255)
+    records = [_rec(i, label=("covid", "normal")[i % 2]) for i in range(20)] + [
+        _rec(100, image=base, label="normal"),
+        _rec(101, image=noisy.astype(np.uint8), label="covid"),  # near copy, other label
+        _rec(102, image=base.copy(), label="normal"),  # exact copy, same label as the first
+    ]
+    ds, report = _prepare(Workspace(tmp_path / "keep"), records, conflicts="keep-first")
+    originals = {r["original"] for r in ds.rows}
+    assert "listed:100" in originals and not {"listed:101", "listed:102"} & originals
+    (group,) = report["conflicts"]
+    assert [m["original"] for m in group["members"]] == ["listed:100", "listed:101", "listed:102"]
+    assert group["action"].startswith("kept listed:100 (normal)")
+    reasons = {d["original"]: d["reason"] for d in report["dropped"]}
+    assert "keep-first" in reasons["listed:101"] and "exact duplicate" in reasons["listed:102"]
+
+    ds, report = _prepare(Workspace(tmp_path / "drop"), records)
+    assert not {"listed:100", "listed:101", "listed:102"} & {r["original"] for r in ds.rows}
+
+    ws = Workspace(tmp_path / "error")
+    with pytest.raises(DataError, match=r"--conflicts error: 1 group.*listed:100 \(normal\)"):
+        _prepare(ws, records, conflicts="error")
+    assert not ws.data_dir.exists() or not any(ws.data_dir.iterdir())
+    with pytest.raises(OptionsError, match="--conflicts 'first'"):
+        _prepare(ws, records, conflicts="first")
+
+
+class _PathAdapter(ListAdapter):
+    """A third-party adapter that yields whatever paths it is given, unchecked."""
+
+    name = "paths"
+
+
+def test_files_outside_the_root_are_refused_whatever_the_adapter(tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    secret = _png(outside / "secret.png", _img(7, 32))
+    inside = [_png(root / f"{i}.png", _img(i, 32)) for i in range(8)]
+    (root / "link.png").symlink_to(secret)
+    paths = [*inside, root / "sub" / ".." / ".." / "outside" / "secret.png", root / "link.png"]
+    records = [
+        Record(image=p, label="normal", source="paths", original=p.name, patient_id=f"p{i}")
+        for i, p in enumerate(paths)
+    ]
+    records.append(
+        Record(image=inside[0], label="covid", source="paths", original="r", refused="labels.txt:3: bad")
+    )
+    settings = PrepareSettings(name="t", size=16)
+    result = prepare_dataset(Workspace(tmp_path / "ws"), [Source(_PathAdapter(records), root)], settings)
+    assert len(result.dataset.rows) == 8
+    skipped = [(s["original"], s["reason"]) for s in result.report["skipped"]]
+    assert skipped[0][0] == "secret.png" and "points outside the dataset folder" in skipped[0][1]
+    assert skipped[1][0] == "link.png" and f"is a link to {secret}" in skipped[1][1]
+    assert skipped[2] == ("r", "labels.txt:3: bad")
+    strict = PrepareSettings(name="s", size=16, strict=True)
+    with pytest.raises(DataError, match=r"--strict: 3 file\(s\) were skipped"):
+        prepare_dataset(Workspace(tmp_path / "ws"), [Source(_PathAdapter(records), root)], strict)
+
+
+def test_nan_float_tiff_is_skipped_with_its_name(tmp_path: Path) -> None:
+    root = tmp_path / "tree"
+    for i in range(6):
+        _png(root / "normal" / f"n{i}.png", _img(i, 32))
+    arr = np.asarray(_img(50, 32), np.float32)
+    arr[3, 3] = np.nan
+    Image.fromarray(arr).save(root / "normal" / "nan.tif")
+    settings = PrepareSettings(name="t", size=16)
+    result = prepare_dataset(Workspace(tmp_path / "ws"), [Source(ImageFolderAdapter(), root)], settings)
+    assert "normal/nan.tif" not in {r["original"] for r in result.dataset.rows}
+    (skipped,) = result.report["skipped"]
+    assert skipped["original"] == "normal/nan.tif" and "NaN or infinite" in skipped["reason"]
+    assert "`normal/nan.tif`" in (result.dataset.path / "prepare-report.md").read_text()
+
+
+def test_images_above_the_pixel_limit_are_skipped_and_the_limit_recorded(tmp_path: Path) -> None:
+    root = tmp_path / "tree"
+    for i in range(6):
+        _png(root / "covid" / f"c{i}.png", _img(i, 32))
+    _png(root / "covid" / "big.png", _img(99, 64))  # 4096 pixels
+    ws = Workspace(tmp_path / "ws")
+    settings = PrepareSettings(name="t", size=16, max_pixels=2000)
+    result = prepare_dataset(ws, [Source(ImageFolderAdapter(), root)], settings)
+    (skipped,) = result.report["skipped"]
+    assert skipped["original"] == "covid/big.png" and "64x64 pixels" in skipped["reason"]
+    assert json.loads((result.dataset.path / "info.json").read_text())["settings"]["max_pixels"] == 2000
+    with pytest.raises(DataError, match=r"none of the 7 images could be used \(covid/big.png: 64x64"):
+        prepare_dataset(
+            ws, [Source(ImageFolderAdapter(), root)], PrepareSettings(name="u", size=16, max_pixels=100)
+        )
+    with pytest.raises(OptionsError, match="--max-pixels 0"):
+        prepare_dataset(ws, [Source(ImageFolderAdapter(), root)], PrepareSettings(name="v", max_pixels=0))

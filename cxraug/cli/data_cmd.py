@@ -18,7 +18,7 @@ from cxraug.cli.common import (
     DryRunOpt,
     OptOpt,
     WorkspaceOpt,
-    command_settings,
+    given_flags,
     handle_errors,
     load_config_and_opts,
     plugin_epilog,
@@ -26,12 +26,13 @@ from cxraug.cli.common import (
     workspace_from,
 )
 from cxraug.data.prepare import PrepareResult, PrepareSettings, Source, prepare_dataset
-from cxraug.data.prepare_command import PrepareCommand, build_sources, parse_sources
+from cxraug.data.prepare_command import PrepareCommand, build_sources, parse_sources, take_prepare_opts
 from cxraug.data.prepared import PreparedDataset
 from cxraug.data.resolve import open_dataset
 from cxraug.data.splits import SPLITS
 from cxraug.errors import OptionsError
 from cxraug.options import to_jsonable
+from cxraug.settings import build_settings
 from cxraug.ui import console
 from cxraug.workspace import Workspace
 
@@ -88,6 +89,22 @@ LabelMapOpt = Annotated[
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Fail on any unreadable file instead of skipping.")]
 WorkersOpt = Annotated[int, typer.Option("--workers", help="Decoding processes (0: auto).")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing dataset of the same name.")]
+ConflictsOpt = Annotated[
+    str,
+    typer.Option(
+        "--conflicts",
+        help="Duplicate images with different labels: drop (all copies), keep-first, error. "
+        "Also --opt conflicts=...",
+    ),
+]
+MaxPixelsOpt = Annotated[
+    int,
+    typer.Option(
+        "--max-pixels",
+        help="Refuse images larger than this many pixels (read from the header, before decoding). "
+        "Also --opt max_pixels=N.",
+    ),
+]
 
 
 def add_commands(app: typer.Typer, ctx: AppContext) -> None:
@@ -110,6 +127,8 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
         strict: StrictOpt = False,
         workers: WorkersOpt = 0,
         force: ForceOpt = False,
+        conflicts: ConflictsOpt = "drop",
+        max_pixels: MaxPixelsOpt = PrepareCommand.defaults()["max_pixels"],
         opt: OptOpt = None,
         config: ConfigOpt = None,
         dry_run: DryRunOpt = False,
@@ -117,7 +136,9 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
     ) -> None:
         """Decode every image once into a memory-mapped cache with a manifest and splits."""
         cfg, opts = load_config_and_opts(config, opt, ctx.registry)
-        command = command_settings(typer_ctx, PrepareCommand, cfg).settings
+        flags = given_flags(typer_ctx, PrepareCommand)
+        flags.update(take_prepare_opts(opts, flags))
+        command = build_settings(PrepareCommand, flags=flags, config=cfg).settings
         parsed = parse_sources(sources, root)
         built = build_sources(ctx.registry, parsed, cfg, opts)
         settings = command.prepare_settings("-".join(a for a, _ in parsed))
@@ -214,8 +235,15 @@ def _summary(result: PrepareResult) -> None:
     )
     for note in report["notes"]:
         console.print(f"[dim]note:[/] {escape(note)}", highlight=False)
+    if report["conflicts"]:
+        console.print(
+            f"[yellow]{len(report['conflicts'])} group(s) of duplicate images with conflicting labels[/]"
+        )
+        for group in report["conflicts"][:5]:
+            copies = ", ".join(f"{m['original']} ({m['label']})" for m in group["members"])
+            console.print(escape(f"  {copies}: {group['action']}"), highlight=False)
     if report["skipped"]:
-        console.print(f"[yellow]{len(report['skipped'])} unreadable file(s) skipped[/]")
+        console.print(f"[yellow]{len(report['skipped'])} file(s) skipped (unreadable or refused)[/]")
         for s in report["skipped"][:5]:
             console.print(escape(f"  {s['original']}: {s['reason']}"), highlight=False)
     console.print(f"report: {ds.path / 'prepare-report.md'}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -18,12 +19,20 @@ from typing import Any
 import numpy as np
 
 from cxraug import __version__
-from cxraug.data.dedup import leakage_groups, near_duplicates
+from cxraug.data.dedup import UnionFind, leakage_groups, near_duplicates
+from cxraug.data.paths import DatasetRoot
 from cxraug.data.prepared import FORMAT_VERSION, PreparedDataset, swap_in, write_manifest
 from cxraug.data.splits import HELD_OUT_RANK, SPLITS, assign_splits
 from cxraug.errors import CxrError, DataError, OptionsError
 from cxraug.fileio import file_sha256
-from cxraug.imageio import RESIZE_FILTER, RESIZE_MODES, ImageReadError, decode_source
+from cxraug.imageio import (
+    DEFAULT_MAX_PIXELS,
+    MAX_PIXELS_CEILING,
+    RESIZE_FILTER,
+    RESIZE_MODES,
+    ImageReadError,
+    decode_source,
+)
 from cxraug.interfaces import DatasetAdapter, Record
 from cxraug.labels import VOCABULARY, check_label, sort_labels
 from cxraug.options import to_jsonable
@@ -31,6 +40,11 @@ from cxraug.ui import progress_bar
 from cxraug.workspace import Workspace, check_name
 
 log = logging.getLogger(__name__)
+
+#: What to do with a duplicate group (identical or near-identical images) whose copies disagree on
+#: the label: drop every copy, keep the first copy (in source order) and its same-label copies, or
+#: stop with an error. Either way the group is listed in the report.
+CONFLICT_POLICIES: tuple[str, ...] = ("drop", "keep-first", "error")
 
 
 @dataclass
@@ -55,6 +69,8 @@ class PrepareSettings:
     strict: bool = False
     workers: int = 0
     force: bool = False
+    conflicts: str = "drop"
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     def validate(self) -> None:
         check_name(self.name)
@@ -66,6 +82,14 @@ class PrepareSettings:
             check_label(dst, f"--map {src}={dst}")
         for c in self.classes:
             check_label(c, f"--classes {c}")
+        if self.conflicts not in CONFLICT_POLICIES:
+            raise OptionsError(
+                f"--conflicts {self.conflicts!r}: choose one of {', '.join(CONFLICT_POLICIES)}"
+            )
+        if not 1 <= self.max_pixels <= MAX_PIXELS_CEILING:
+            raise OptionsError(
+                f"--max-pixels {self.max_pixels}: choose a pixel count between 1 and {MAX_PIXELS_CEILING}"
+            )
 
 
 @dataclass
@@ -74,10 +98,10 @@ class PrepareResult:
     report: dict[str, Any]
 
 
-def _decode_one(args: tuple[Any, int, str]) -> tuple[bool, Any, str, int]:
-    source, size, mode = args
+def _decode_one(args: tuple[Any, int, str, int]) -> tuple[bool, Any, str, int]:
+    source, size, mode, max_pixels = args
     try:
-        img, digest, phash = decode_source(source, size, mode)
+        img, digest, phash = decode_source(source, size, mode, max_pixels)
     except ImageReadError as exc:
         return False, str(exc), "", 0
     return True, img, digest, phash
@@ -101,6 +125,7 @@ def _collect(sources: list[Source], settings: PrepareSettings) -> tuple[list[Rec
         if source.root is not None and not source.root.exists():
             raise DataError(f"--root {source.root}: no such file or folder")
         n_before = len(records)
+        root = DatasetRoot(source.root) if source.root is not None else None
         for rec in adapter.records(source.root):
             label = settings.label_map.get(rec.label, rec.label)
             if label not in VOCABULARY:
@@ -109,7 +134,13 @@ def _collect(sources: list[Source], settings: PrepareSettings) -> tuple[list[Rec
                 excluded[label] += 1
                 continue
             if label != rec.label:
-                rec = Record(**{**rec.__dict__, "label": label})
+                rec = dataclasses.replace(rec, label=label)
+            if root is not None and rec.refused is None and not isinstance(rec.image, np.ndarray):
+                # Whatever the adapter, no file outside --root is read (adapters check too, with
+                # the label file's line; this catches a third-party adapter that does not).
+                escape = root.escapes(rec.image)
+                if escape:
+                    rec = dataclasses.replace(rec, refused=f"{adapter.name}: {escape}")
             records.append(rec)
         notes.extend(f"{adapter.name}: {note}" for note in adapter.notes())
         if len(records) == n_before:
@@ -120,12 +151,15 @@ def _collect(sources: list[Source], settings: PrepareSettings) -> tuple[list[Rec
 def _decode_all(
     records: list[Record], settings: PrepareSettings, out: np.ndarray
 ) -> tuple[list[str], list[int], dict[int, str]]:
-    """Decode into ``out`` (rows aligned with records); returns sha256s, phashes, failures."""
+    """Decode into ``out`` (rows aligned with records); returns sha256s, phashes, failures.
+
+    Refused records (``Record.refused``) are failures without their file being opened.
+    """
     n = len(records)
     digests, phashes = [""] * n, [0] * n
-    failures: dict[int, str] = {}
-    file_idx = [i for i, r in enumerate(records) if not isinstance(r.image, np.ndarray)]
-    array_idx = [i for i, r in enumerate(records) if isinstance(r.image, np.ndarray)]
+    failures: dict[int, str] = {i: r.refused for i, r in enumerate(records) if r.refused}
+    file_idx = [i for i, r in enumerate(records) if not isinstance(r.image, np.ndarray) and i not in failures]
+    array_idx = [i for i, r in enumerate(records) if isinstance(r.image, np.ndarray) and i not in failures]
     workers = settings.workers or min(4, os.cpu_count() or 1)
 
     def store(i: int, result: tuple[bool, Any, str, int]) -> None:
@@ -136,11 +170,11 @@ def _decode_all(
         else:
             failures[i] = payload
 
-    def jobs(idx: list[int]) -> Iterator[tuple[Any, int, str]]:
-        return ((records[i].image, settings.size, settings.resize) for i in idx)
+    def jobs(idx: list[int]) -> Iterator[tuple[Any, int, str, int]]:
+        return ((records[i].image, settings.size, settings.resize, settings.max_pixels) for i in idx)
 
     with progress_bar() as progress:
-        task = progress.add_task(f"decoding {n} images", total=n)
+        task = progress.add_task(f"decoding {n} images", total=n, completed=len(failures))
         for i, args in zip(array_idx, jobs(array_idx), strict=True):
             store(i, _decode_one(args))
             progress.advance(task)
@@ -204,39 +238,69 @@ def _prepare_into(
     ]
     if skipped and settings.strict:
         listing = "\n".join(f"  {s['original']}: {s['reason']}" for s in skipped[:20])
-        raise DataError(f"--strict: {len(skipped)} file(s) could not be read:\n{listing}")
+        raise DataError(f"--strict: {len(skipped)} file(s) were skipped:\n{listing}")
     ok = [i for i in range(n) if i not in failures]
+    if not ok:
+        first = skipped[0]
+        raise DataError(
+            f"none of the {n} images could be used ({first['original']}: {first['reason']}"
+            f"{f'; and {n - 1} more' if n > 1 else ''}); check --root and the files"
+        )
 
-    # Exact duplicates: keep the first copy; copies that disagree on the label are all dropped.
+    # Duplicate groups: identical files (one sha256), joined by near-duplicate pixels (found among
+    # one copy per sha256: pHash candidates confirmed by thumbnail correlation).
     by_digest: dict[str, list[int]] = {}
     for i in ok:
         by_digest.setdefault(digests[i], []).append(i)
-    dropped: dict[int, str] = {}
-    exact_pairs = 0
-    for copies in by_digest.values():
-        if len(copies) < 2:
-            continue
-        exact_pairs += len(copies) - 1  # counted whether or not a copy is dropped
-        labels = {records[i].label for i in copies}
-        if len(labels) > 1:
-            for i in copies:
-                dropped[i] = f"identical image carries conflicting labels {sorted(labels)}"
-        else:
-            # Keep the copy in the most held-out official split, so a published test set stays whole.
-            # Copies inside that same official split stay too: official splits stay as published.
-            keep = max(copies, key=lambda i: (HELD_OUT_RANK.get(records[i].split or "", -1), -i))
-            for i in copies:
-                same_official = records[i].split is not None and records[i].split == records[keep].split
-                if i != keep and not same_official:
-                    dropped[i] = f"exact duplicate of {records[keep].original}"
-    kept = [i for i in ok if i not in dropped]
+    reps = [copies[0] for copies in by_digest.values()]
+    near = near_duplicates(
+        np.array([phashes[i] for i in reps], dtype=np.uint64),
+        lambda k: np.asarray(scratch[reps[k]]),  # noqa: F821 (del below)
+    )
+    joined = UnionFind(len(reps))
+    for a, b, _ in near:
+        joined.union(a, b)
+    dup_groups = [
+        sorted(i for k in members for i in by_digest[digests[reps[k]]])
+        for members in joined.groups().values()
+    ]
+    conflicts, dropped = _resolve_conflicts(dup_groups, records, digests, settings.conflicts)
 
-    hashes = np.array([phashes[i] for i in kept], dtype=np.uint64)
-    near = near_duplicates(hashes, lambda k: np.asarray(scratch[kept[k]]))  # noqa: F821 (del below)
+    # Exact duplicates: keep one copy (conflicting copies are already resolved above).
+    exact_pairs = 0
+    first_kept: dict[str, int] = {}
+    for digest, copies in by_digest.items():
+        exact_pairs += len(copies) - 1  # counted whether or not a copy is dropped
+        alive = [i for i in copies if i not in dropped]
+        if not alive:
+            continue
+        # Keep the copy in the most held-out official split, so a published test set stays whole.
+        # Copies inside that same official split stay too: official splits stay as published.
+        keep = max(alive, key=lambda i: (HELD_OUT_RANK.get(records[i].split or "", -1), -i))
+        first_kept[digest] = keep
+        for i in alive:
+            same_official = records[i].split is not None and records[i].split == records[keep].split
+            if i != keep and not same_official:
+                dropped[i] = f"exact duplicate of {records[keep].original}"
+    kept = [i for i in ok if i not in dropped]
+    position = {i: k for k, i in enumerate(kept)}
+
+    # What remains of each duplicate group stays together in one split.
+    together: list[tuple[int, int, float]] = []
+    for group in dup_groups:
+        members = [position[i] for i in group if i in position]
+        together += [(members[0], k, 1.0) for k in members[1:]]
+    near_report = []
+    for a, b, corr in near:
+        ka, kb = first_kept.get(digests[reps[a]]), first_kept.get(digests[reps[b]])
+        if ka is not None and kb is not None:
+            near_report.append(
+                {"a": records[ka].original, "b": records[kb].original, "correlation": round(corr, 4)}
+            )
     groups = leakage_groups(
         [f"{records[i].source}:{records[i].patient_id}" if records[i].patient_id else None for i in kept],
         [digests[i] for i in kept],
-        near,
+        together,
     )
     splits, leak_drops = assign_splits(
         [records[i].label for i in kept],
@@ -293,14 +357,8 @@ def _prepare_into(
             for i, reason in sorted(dropped.items())
         ],
         "exact_duplicates": exact_pairs,
-        "near_duplicate_pairs": [
-            {
-                "a": records[kept[a]].original,
-                "b": records[kept[b]].original,
-                "correlation": round(c, 4),
-            }
-            for a, b, c in near
-        ],
+        "near_duplicate_pairs": near_report,
+        "conflicts": conflicts,
         "excluded_by_class": collected["excluded_by_class"],
         "notes": collected["notes"],
         "split_method": (
@@ -350,6 +408,8 @@ def _prepare_into(
                 "classes": list(settings.classes),
                 "map": settings.label_map,
                 "strict": settings.strict,
+                "conflicts": settings.conflicts,
+                "max_pixels": settings.max_pixels,
             }
         ),
         "manifest_sha256": file_sha256(tmp_dir / "manifest.csv"),
@@ -367,6 +427,55 @@ def _prepare_into(
     return PrepareResult(dataset, report)
 
 
+def _resolve_conflicts(
+    groups: list[list[int]], records: list[Record], digests: list[str], policy: str
+) -> tuple[list[dict[str, Any]], dict[int, str]]:
+    """Duplicate groups whose copies disagree on the label, for the report, and the rows ``policy`` drops.
+
+    The same picture labelled covid in one folder and normal in another is a labelling error
+    that would otherwise sit in training (or test) twice, once under each label.
+    """
+    found: list[dict[str, Any]] = []
+    dropped: dict[int, str] = {}
+    for group in groups:  # each sorted by record index, so group[0] is the first in source order
+        labels = sort_labels({records[i].label for i in group})
+        if len(labels) < 2:
+            continue
+        members = [
+            {
+                "id": digests[i][:16],
+                "original": records[i].original,
+                "source": records[i].source,
+                "label": records[i].label,
+            }
+            for i in group
+        ]
+        listing = ", ".join(f"{m['original']} ({m['label']})" for m in members)
+        first = records[group[0]]
+        if policy == "keep-first":
+            action = f"kept {first.original} ({first.label}), the first copy, and copies with its label"
+            for i in group:
+                if records[i].label != first.label:
+                    dropped[i] = (
+                        f"duplicate of {first.original} carries conflicting labels {labels}; "
+                        f"--conflicts keep-first kept the first copy ({first.label})"
+                    )
+        else:
+            action = "dropped every copy"
+            for i in group:
+                dropped[i] = (
+                    f"identical or near-identical images carry conflicting labels {labels}: {listing}"
+                )
+        found.append({"labels": labels, "action": action, "members": members})
+    if found and policy == "error":
+        example = ", ".join(f"{m['original']} ({m['label']})" for m in found[0]["members"])
+        raise DataError(
+            f"--conflicts error: {len(found)} group(s) of identical or near-identical images carry "
+            f"conflicting labels, e.g. {example}; fix the labels, or pass --conflicts drop or keep-first"
+        )
+    return found, dropped
+
+
 def render_report(report: dict[str, Any], synthetic: bool) -> str:
     """The prepare report as Markdown."""
     lines = [f"# Prepare report: {report['name']}", ""]
@@ -379,7 +488,8 @@ def render_report(report: dict[str, Any], synthetic: bool) -> str:
         f"- resize: {report['resize']}",
         f"- exact duplicate copies found: {report['exact_duplicates']}",
         f"- near-duplicate pairs kept in one split: {len(report['near_duplicate_pairs'])}",
-        f"- unreadable files skipped: {len(report['skipped'])}",
+        f"- duplicate groups with conflicting labels: {len(report.get('conflicts', []))}",
+        f"- files skipped (unreadable or refused): {len(report['skipped'])}",
         f"- rows dropped: {len(report['dropped'])}",
         "",
         "| split | " + " | ".join(sorted({k for c in report["counts"].values() for k in c})) + " |",
@@ -393,7 +503,14 @@ def render_report(report: dict[str, Any], synthetic: bool) -> str:
     if report["excluded_by_class"]:
         lines += ["", "## Excluded by --classes", ""]
         lines += [f"- {k}: {v}" for k, v in report["excluded_by_class"].items()]
-    for title, key in (("Skipped (unreadable)", "skipped"), ("Dropped", "dropped")):
+    if report.get("conflicts"):
+        lines += ["", "## Duplicates with conflicting labels", ""]
+        for group in report["conflicts"]:
+            copies = ", ".join(
+                f"`{m['original']}` ({m['source']}, id {m['id']}): {m['label']}" for m in group["members"]
+            )
+            lines.append(f"- {copies}; {group['action']}")
+    for title, key in (("Skipped (unreadable or refused)", "skipped"), ("Dropped", "dropped")):
         if report[key]:
             lines += ["", f"## {title}", ""]
             lines += [f"- `{s['original']}` ({s['source']}): {s['reason']}" for s in report[key]]

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from cxraug.data.prepare import PrepareSettings, Source
 from cxraug.data.splits import parse_ratios
 from cxraug.errors import OptionsError
+from cxraug.imageio import DEFAULT_MAX_PIXELS, MAX_PIXELS_CEILING
 from cxraug.options import resolve_options
 from cxraug.registry import Registry
 from cxraug.settings import NameList, Settings
@@ -32,6 +33,8 @@ class PrepareCommand(Settings):
     strict: bool = False
     workers: int = Field(0, ge=0, le=256)
     force: bool = False
+    conflicts: Literal["drop", "keep-first", "error"] = "drop"
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, le=MAX_PIXELS_CEILING)
 
     @field_validator("split")
     @classmethod
@@ -67,9 +70,38 @@ class PrepareCommand(Settings):
             strict=self.strict,
             workers=self.workers,
             force=self.force,
+            conflicts=self.conflicts,
+            max_pixels=self.max_pixels,
         )
         settings.validate()
         return settings
+
+
+#: Settings of the prepare step itself that ``--opt`` also accepts, for every adapter alike.
+PREPARE_OPTS: tuple[str, ...] = ("conflicts", "max_pixels")
+
+
+def take_prepare_opts(opts: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
+    """``--opt conflicts=...`` / ``--opt max_pixels=...``, validated, out of ``opts`` (left to adapters).
+
+    They are the flags ``--conflicts`` / ``--max-pixels`` spelled as options (so a command line
+    written for adapter options works too); a flag given as well with another value is an error.
+    """
+    taken: dict[str, Any] = {}
+    for key in PREPARE_OPTS:
+        if key not in opts:
+            continue
+        value = opts.pop(key)
+        flag = PrepareCommand.flag(key)
+        try:
+            checked = getattr(PrepareCommand(**{key: value}), key)
+        except ValidationError as exc:
+            msg = exc.errors()[0]["msg"].replace("Value error, ", "")
+            raise OptionsError(f"--opt {key}={value}: {msg}") from None
+        if key in flags and flags[key] != checked:
+            raise OptionsError(f"--opt {key}={value} and {flag} {flags[key]} disagree; give one of them")
+        taken[key] = checked
+    return taken
 
 
 def parse_sources(sources: list[str], root: Path | None) -> list[tuple[str, Path | None]]:

@@ -12,6 +12,7 @@ from typing import ClassVar
 from pydantic import Field
 
 from cxraug import hookimpl
+from cxraug.data.paths import DatasetRoot
 from cxraug.errors import DataError
 from cxraug.hookspecs import Register
 from cxraug.interfaces import DatasetAdapter, PluginOptions, Record
@@ -132,6 +133,9 @@ class CohenAdapter(DatasetAdapter[CohenOptions]):
         if not root.is_dir():
             raise DataError(f"{root}: dataset root does not exist; pass --root pointing at it")
         metadata = root / options.metadata
+        escape = DatasetRoot(root).escapes(metadata)
+        if escape:
+            raise DataError(f"metadata={options.metadata}: {escape}; name a file inside the dataset folder")
         if not metadata.is_file():
             raise DataError(
                 f"{metadata}: metadata file not found; pass --root pointing at the clone of "
@@ -143,6 +147,7 @@ class CohenAdapter(DatasetAdapter[CohenOptions]):
         skipped: Counter[str] = Counter()
         missing: list[str] = []
         name = metadata.name
+        dataset = DatasetRoot(root)
         for lineno, row in _read_rows(metadata):
             modality = row["modality"]
             if _squash(modality) != "xray":
@@ -162,18 +167,21 @@ class CohenAdapter(DatasetAdapter[CohenOptions]):
             if not filename:
                 raise DataError(f"{metadata}:{lineno}: empty filename; fill it in or delete the row")
             path = root / folder / filename
-            if not path.is_file():
+            # Checked before is_file(): a name leaving the root is not even looked up.
+            escape = dataset.escapes(path)
+            if escape is None and not path.is_file():
                 missing.append(f"{folder}/{filename}")
                 continue
             yield Record(
                 image=path,
                 label=label,
                 source=self.name,
-                original=path.relative_to(root).as_posix(),
+                original=dataset.original(path),
                 patient_id=row["patientid"] or None,
                 view=view or None,
                 split=None,
                 extra={"finding": finding},
+                refused=f"{metadata}:{lineno}: {escape}" if escape else None,
             )
         if not_xray:
             self._notes.append(

@@ -9,6 +9,7 @@ from typing import ClassVar
 from pydantic import Field
 
 from cxraug import hookimpl
+from cxraug.data.paths import DatasetRoot
 from cxraug.errors import DataError
 from cxraug.hookspecs import Register
 from cxraug.interfaces import DatasetAdapter, PluginOptions, Record
@@ -88,12 +89,16 @@ class CovidxAdapter(DatasetAdapter[CovidxOptions]):
         options = self.options
         chosen = {"train": options.train_file, "val": options.val_file, "test": options.test_file}
         found: dict[str, Path] = {}
+        dataset = DatasetRoot(root)
         for split in SPLITS:
             given = chosen[split]
             if given == "":
                 continue
             if given is not None:
                 path = root / given
+                escape = dataset.escapes(path)
+                if escape:
+                    raise DataError(f"--opt {split}_file={given}: {escape}; name a file inside it")
                 if not path.is_file():
                     raise DataError(
                         f"{path}: {split}_file not found; pass --opt {split}_file=NAME with the "
@@ -110,6 +115,10 @@ class CovidxAdapter(DatasetAdapter[CovidxOptions]):
                 )
             if candidates:
                 found[split] = candidates[0]
+        for split, path in found.items():
+            escape = dataset.escapes(path)  # a label file found by name may be a link out
+            if escape:
+                raise DataError(f"{split} label file: {escape}; copy the file into the dataset folder")
         if not found:
             raise DataError(
                 f"{root}: no COVIDx label files (train*.txt, val*.txt, test*.txt); pass --root "
@@ -133,6 +142,7 @@ class CovidxAdapter(DatasetAdapter[CovidxOptions]):
                 f"{name} in {split}/ next to it"
             )
         missing: list[str] = []
+        dataset = DatasetRoot(root)
         # splitlines handles CRLF and lone CR as well as LF.
         for lineno, line in enumerate(text.splitlines(), start=1):
             tokens = line.split()
@@ -140,18 +150,21 @@ class CovidxAdapter(DatasetAdapter[CovidxOptions]):
                 continue
             patient_id, filename, label, source = _parse(tokens, f"{label_file}:{lineno}")
             path = image_dir / filename
-            if not path.is_file():
+            # Checked before is_file(): a name leaving the root is not even looked up.
+            escape = dataset.escapes(path)
+            if escape is None and not path.is_file():
                 missing.append(filename)
                 continue
             yield Record(
                 image=path,
                 label=label,
                 source=self.name,
-                original=path.relative_to(root).as_posix(),
+                original=dataset.original(path),
                 patient_id=patient_id,
                 view=None,
                 split=split,
                 extra={"source": source} if source else {},
+                refused=f"{label_file}:{lineno}: {escape}" if escape else None,
             )
         if missing:
             listed = ", ".join(missing[:MAX_LISTED])

@@ -12,6 +12,7 @@ from typing import ClassVar
 from pydantic import Field, field_validator
 
 from cxraug import hookimpl
+from cxraug.data.paths import DatasetRoot
 from cxraug.errors import DataError
 from cxraug.hookspecs import Register
 from cxraug.interfaces import DatasetAdapter, PluginOptions, Record
@@ -131,15 +132,18 @@ class ImageFolderAdapter(DatasetAdapter[ImageFolderOptions]):
         root = Path(root)
         if not root.is_dir():
             raise DataError(f"{root}: dataset root does not exist; pass --root pointing at it")
+        dataset = DatasetRoot(root)
         base = self._find_base(root)
-        children = _subdirs(base)
+        # A folder linked from outside the root is not walked at all (its files are not listed).
+        linked_out = [d for d in _subdirs(base) if dataset.escapes(d)]
+        children = [d for d in _subdirs(base) if d not in linked_out]
         splits = [d for d in children if d.name.lower() in SPLIT_FOLDERS and not self._ignored(d)]
         loose: list[str] = []
         skipped: Counter[str] = Counter()
         ignored: list[str] = []
         if splits:
             others = [d.name for d in children if d not in splits and not self._ignored(d)]
-            ignored += [_relative(d, root) for d in children if self._ignored(d)]
+            ignored += [dataset.original(d) for d in children if self._ignored(d)]
             if others:
                 raise DataError(
                     f"{base}: holds split folders ({', '.join(d.name for d in splits)}) and other "
@@ -157,10 +161,14 @@ class ImageFolderAdapter(DatasetAdapter[ImageFolderOptions]):
         # Name every class folder's label before yielding, so a bad folder fails up front.
         classes: list[tuple[str | None, Path, str]] = []
         for split, folder in groups:
-            loose += [_relative(p, root) for p in _files(folder) if _is_image(p)]
+            loose += [dataset.original(p) for p in _files(folder) if _is_image(p)]
             for class_dir in _subdirs(folder):
-                if self._ignored(class_dir):
-                    ignored.append(_relative(class_dir, root))
+                if class_dir in linked_out:
+                    continue
+                if dataset.escapes(class_dir):
+                    linked_out.append(class_dir)
+                elif self._ignored(class_dir):
+                    ignored.append(dataset.original(class_dir))
                 else:
                     classes.append((split, class_dir, self._label(class_dir)))
         if not classes:
@@ -177,10 +185,11 @@ class ImageFolderAdapter(DatasetAdapter[ImageFolderOptions]):
                     image=path,
                     label=label,
                     source=self.name,
-                    original=_relative(path, root),
+                    original=dataset.original(path),
                     patient_id=None,
                     view=None,
                     split=split,
+                    refused=dataset.escapes(path),
                 )
         self._notes.append(NO_PATIENT_IDS)
         if loose:
@@ -190,6 +199,9 @@ class ImageFolderAdapter(DatasetAdapter[ImageFolderOptions]):
             self._notes.append(f"skipped {sum(skipped.values())} non-image files: {counts}")
         if ignored:
             self._notes.append(f"ignored folders (option ignore): {_listing(ignored)}")
+        if linked_out:
+            names = [dataset.original(d) for d in linked_out]
+            self._notes.append(f"ignored folders that are links out of {root}: {_listing(names)}")
 
     def _ignored(self, folder: Path) -> bool:
         return folder.name.strip().lower() in self._ignore
@@ -252,10 +264,6 @@ def _walk(folder: Path) -> Iterator[Path]:
 
 def _is_image(path: Path) -> bool:
     return path.name.lower().endswith(IMAGE_SUFFIXES)
-
-
-def _relative(path: Path, root: Path) -> str:
-    return path.relative_to(root).as_posix()
 
 
 def _listing(items: list[str]) -> str:

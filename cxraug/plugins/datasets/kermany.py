@@ -11,6 +11,7 @@ from typing import ClassVar
 from pydantic import Field
 
 from cxraug import hookimpl
+from cxraug.data.paths import DatasetRoot
 from cxraug.errors import DataError
 from cxraug.hookspecs import Register
 from cxraug.interfaces import DatasetAdapter, PluginOptions, Record
@@ -98,24 +99,34 @@ class KermanyAdapter(DatasetAdapter[KermanyOptions]):
         root = Path(root)
         if not root.is_dir():
             raise DataError(f"{root}: dataset root does not exist; pass --root pointing at it")
+        dataset = DatasetRoot(root)
         base = _find_base(root)
         nested = base / "chest_xray"
         if nested.is_dir() and _split_dirs(nested):
-            self._notes.append(
-                f"ignored {nested.relative_to(root).as_posix()}/, the Kaggle archive's duplicate copy"
-            )
+            self._notes.append(f"ignored {dataset.original(nested)}/, the Kaggle archive's duplicate copy")
         unsubtyped: list[str] = []
         no_patient: list[str] = []
+        linked_out: list[str] = []
         val_count = 0
         for split, split_dir in _split_dirs(base):
+            if dataset.escapes(split_dir):
+                linked_out.append(dataset.original(split_dir))
+                continue
             for class_dir in sorted(split_dir.iterdir(), key=lambda d: d.name):
                 if not class_dir.is_dir() or class_dir.name.lower() not in CLASSES:
                     continue
+                # A class folder linked from outside the root is not listed at all.
+                if dataset.escapes(class_dir):
+                    linked_out.append(dataset.original(class_dir))
+                    continue
                 pneumonia = class_dir.name.lower() == "pneumonia"
                 for path in sorted(class_dir.iterdir(), key=lambda p: p.name):
-                    if not path.is_file() or not path.name.lower().endswith(IMAGE_SUFFIXES):
+                    if not path.name.lower().endswith(IMAGE_SUFFIXES):
                         continue
-                    original = path.relative_to(root).as_posix()
+                    refused = dataset.escapes(path)
+                    if refused is None and not path.is_file():
+                        continue
+                    original = dataset.original(path)
                     patient_id, kind = parse_name(path.stem, pneumonia)
                     if not pneumonia:
                         label = NORMAL
@@ -137,6 +148,7 @@ class KermanyAdapter(DatasetAdapter[KermanyOptions]):
                         patient_id=patient_id,
                         view=None,
                         split=split,
+                        refused=refused,
                     )
         if unsubtyped:
             self._notes.append(
@@ -147,6 +159,8 @@ class KermanyAdapter(DatasetAdapter[KermanyOptions]):
             self._notes.append(
                 f"{len(no_patient)} images have no patient id in their name: {_listing(no_patient)}"
             )
+        if linked_out:
+            self._notes.append(f"ignored folders that are links out of {root}: {_listing(linked_out)}")
         if 0 < val_count < SMALL_VAL:
             self._notes.append(f"the official val split holds only {val_count} images")
 

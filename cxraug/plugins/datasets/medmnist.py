@@ -16,6 +16,7 @@ import numpy as np
 from pydantic import Field
 
 from cxraug import hookimpl
+from cxraug.data.paths import DatasetRoot
 from cxraug.errors import DataError
 from cxraug.hookspecs import Register
 from cxraug.interfaces import DatasetAdapter, PluginOptions, Record
@@ -191,6 +192,9 @@ class MedMnistAdapter(DatasetAdapter[MedMnistOptions]):
                     "folder holding it"
                 )
             path = root / wanted
+            escape = DatasetRoot(root).escapes(path)
+            if escape:
+                raise DataError(f"file={options.file}: {escape}; pass --root path/to/the/file.npz instead")
             if path.is_file():
                 return path
             present = sorted(p.name for p in root.glob("*.npz"))

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from cxraug import hookimpl
+from cxraug.data.paths import DatasetRoot
 from cxraug.errors import DataError
 from cxraug.hookspecs import Register
 from cxraug.interfaces import DatasetAdapter, PluginOptions, Record
@@ -73,25 +74,35 @@ class RadiographyAdapter(DatasetAdapter[RadiographyOptions]):
         root = Path(root)
         if not root.is_dir():
             raise DataError(f"{root}: dataset root does not exist; pass --root pointing at it")
+        dataset = DatasetRoot(root)
         base = _find_base(root)
         classes = sorted(
             (d for d in base.iterdir() if d.is_dir() and d.name.lower() in CLASS_FOLDERS),
             key=lambda d: d.name,
         )
+        linked_out: list[str] = []
         for folder in classes:
             label = CLASS_FOLDERS[folder.name.lower()]
             images = folder / "images"
-            for path in _images(images if images.is_dir() else folder):
+            top = images if images.is_dir() else folder
+            # A class folder linked from outside the root is not walked at all.
+            if dataset.escapes(top):
+                linked_out.append(dataset.original(top))
+                continue
+            for path in _images(top):
                 yield Record(
                     image=path,
                     label=label,
                     source=self.name,
-                    original=path.relative_to(root).as_posix(),
+                    original=dataset.original(path),
                     patient_id=None,
                     view=None,
                     split=None,
+                    refused=dataset.escapes(path),
                 )
         self._notes.append(NO_PATIENT_IDS)
+        if linked_out:
+            self._notes.append(f"ignored folders that are links out of {root}: {', '.join(linked_out)}")
         ignored = sorted(
             d.name
             for d in base.iterdir()
