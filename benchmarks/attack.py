@@ -79,7 +79,7 @@ class Tally:
             if not mine:
                 continue
             row = [len(mine), sum(c.clean and not c.lost for c in mine), sum(c.lost for c in mine)]
-            total = [a + b for a, b in zip(total, row)]
+            total = [a + b for a, b in zip(total, row, strict=True)]
             lines.append(f"{cat:<10} {row[0]:>6} {row[1]:>6} {row[2]:>5}")
         lines.append(f"{'all':<10} {total[0]:>6} {total[1]:>6} {total[2]:>5}")
         return "\n".join(lines)
@@ -457,7 +457,7 @@ def attack_pickles(ws: Path, tally: Tally, scratch: Path) -> None:
             ran = marker.exists()
             advice = "weights_only" in res.output or "weights only" in res.output.lower()
             ok = res.refused() and not ran and not advice
-            detail = f"exit {res.code}{' CODE RAN' if ran else ''}{' repeats weights_only advice' if advice else ''}"
+            detail = f"exit {res.code}{' CODE RAN' if ran else ''}{' repeats torch advice' if advice else ''}"
             tally.add(
                 Case("pickles", f"{label} {name}", ok, bool(lost_files(before)), detail + res.output[-300:])
             )
@@ -774,7 +774,7 @@ def mutate(data: bytes, rng: random.Random) -> bytes:
     elif kind == 1:  # truncation
         b = b[: rng.randrange(1, len(b))]
     elif kind == 2:  # header bytes randomised
-        for i in range(rng.randint(1, 8)):
+        for _ in range(rng.randint(1, 8)):
             b[rng.randrange(min(64, len(b)))] = rng.randrange(256)
     elif kind == 3:  # a chunk duplicated
         i, j = sorted(rng.sample(range(len(b)), 2))
@@ -865,7 +865,7 @@ def attack_race(ws: Path, tally: Tally, scratch: Path) -> None:
         outs = [p.communicate(timeout=900)[0] for p in procs]
         codes = [p.returncode for p in procs]
         won = codes.count(0)
-        loser_ok = all(c == 2 and "Traceback" not in o for c, o in zip(codes, outs) if c != 0)
+        loser_ok = all(c == 2 and "Traceback" not in o for c, o in zip(codes, outs, strict=True) if c != 0)
         name = args[args.index("--name") + 1]
         shown = cxraug(ws, "data", "show", name)
         ok = won == 1 and loser_ok and shown.code == 0
