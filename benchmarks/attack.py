@@ -701,45 +701,46 @@ def attack_plugins(ws: Path, tally: Tally, scratch: Path) -> None:
 
 
 def attack_files(ws: Path, tally: Tally, scratch: Path) -> None:
+    """Every hostile file ends in the manifest, the skipped list or the dropped list; no row from outside."""
+    import csv
+
     sys.path.insert(0, str(REPO / "tests"))
-    try:
-        from hostile_files import make_hostile_tree  # type: ignore[import-not-found]
-    except ImportError:
-        print("  files: tests/hostile_files.py not found; category skipped")
-        return
-    root = scratch / "hostile" / "root"
-    root.mkdir(parents=True)
+    from hostile_files import make_hostile_tree  # type: ignore[import-not-found]
+
+    root = scratch / "hostile" / "tree"
     expected = make_hostile_tree(root, 300, seed=7)
-    outside = scratch / "hostile" / "outside-secret.png"
     before = tree_digest(owned(ws))
     res = cxraug(
         ws, "data", "prepare", "imagefolder", "--root", str(root), "--name", "hostile", "--size", "32"
     )
-    lost = lost_files(before)
-    ok = res.code in (0, 2) and not res.traceback
-    accounted = 0
+    lost = bool(lost_files(before))
     folder = ws / "data" / "hostile"
-    if res.code == 0 and folder.is_dir():
-        import csv
-
-        with open(folder / "manifest.csv", newline="", encoding="utf-8-sig") as fh:
-            kept = {row["original"] for row in csv.DictReader(fh)}
-        report = json.loads((folder / "info.json").read_text())
-        listed_text = json.dumps(report)
-        for rel in expected:
-            if any(rel in k for k in kept) or rel in listed_text:
-                accounted += 1
-        read_outside = any("outside" in k for k in kept) or outside.name in " ".join(kept)
-        ok = ok and accounted == len(expected) and not read_outside
-    tally.add(
-        Case(
-            "files",
-            f"{len(expected)} hostile files",
-            ok,
-            bool(lost),
-            f"exit {res.code}, accounted {accounted}/{len(expected)}: {res.output[-300:]}",
+    if res.code != 0 or res.traceback or not folder.is_dir():
+        tally.cases.extend(Case("files", rel, False, lost, f"exit {res.code}") for rel in expected)
+        print(f"  files: exit {res.code}: {res.output[-400:]}")
+        return
+    with open(folder / "manifest.csv", newline="", encoding="utf-8-sig") as fh:
+        kept = {row["original"] for row in csv.DictReader(fh)}
+    report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+    skipped = {s["original"] for s in report["skipped"] if s.get("reason")}
+    dropped = {d["original"] for d in report["dropped"] if d.get("reason")}
+    strays = kept - set(expected)
+    if strays:
+        print(f"  files: rows that are no file of the tree: {sorted(strays)[:5]}")
+    for rel, kind in expected.items():
+        places = [
+            name
+            for name, found in (("kept", kept), ("skipped", skipped), ("dropped", dropped))
+            if rel in found
+        ]
+        good = len(places) == 1 and (
+            kind == "any"
+            or (kind == "ok" and places != ["skipped"])
+            or (kind == "skip" and places == ["skipped"])
+            or (kind == "conflict" and places == ["dropped"])
         )
-    )
+        tally.add(Case("files", f"{rel} ({kind})", good and not strays, lost, f"found in {places}"))
+    shutil.rmtree(folder)
 
 
 # ---------------------------------------------------------------------------------------- fuzz
