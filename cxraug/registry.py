@@ -210,6 +210,13 @@ _HOOK_OF: dict[str, str] = {
 }
 
 
+def registration_problem(kind: str, cls: object) -> str | None:
+    """Why registering ``cls`` as a ``kind`` plugin would fail, or None (what ``Registry.add`` checks)."""
+    if not (isinstance(cls, type) and issubclass(cls, INTERFACES[kind])):
+        return _not_a_class(kind, cls)
+    return _contract_problem(kind, cls)
+
+
 def _short_repr(obj: object) -> str:
     try:
         text = repr(obj)

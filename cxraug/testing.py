@@ -50,8 +50,17 @@ def cxraug_cli(cxraug_workspace: Workspace) -> Callable[..., Any]:
     return run
 
 
+def check_registration(kind: str, cls: type[Any]) -> None:
+    """Assert that ``cls`` passes the checks ``cxraug plugins list`` applies when it is registered."""
+    from cxraug.registry import registration_problem
+
+    problem = registration_problem(kind, cls)
+    assert problem is None, f"{getattr(cls, 'name', cls)}: would fail to register as a {kind}: {problem}"
+
+
 def check_dataset_adapter(adapter: DatasetAdapter, root: Path | None) -> list[Record]:
     """Contract check: records are well formed, labels canonical, sources exist. Returns them."""
+    check_registration("dataset", type(adapter))
     records = list(adapter.records(root))
     assert records, f"{adapter.name} yielded no records from {root}"
     for rec in records:
@@ -106,6 +115,7 @@ def check_gan_plugin(
     assert isinstance(cls, type) and issubclass(cls, GAN), f"{name} is not a cxraug.interfaces.GAN subclass"
     assert isinstance(cls.name, str) and cls.name == cls.name.lower(), f"{name}: name must be lower-case"
     assert issubclass(cls.Options, PluginOptions), f"{name}: Options must subclass PluginOptions"
+    check_registration("gan", cls)
     if options is None or isinstance(options, dict):
         options = cls.Options(**(options or {}))
     assert isinstance(options, cls.Options), f"{name}: options must be a dict or {cls.Options.__name__}"
@@ -246,6 +256,7 @@ def check_augmenter_plugin(
     assert isinstance(cls.name, str) and cls.name == cls.name.lower(), f"{name}: name must be lower-case"
     assert issubclass(cls.Options, PluginOptions), f"{name}: Options must subclass PluginOptions"
     assert isinstance(cls.uses_gan_run, bool), f"{name}: uses_gan_run must be a bool"
+    check_registration("augmenter", cls)
     if options is None or isinstance(options, dict):
         options = cls.Options(**(options or {}))
     wanted = dict(counts) if counts is not None else {"covid": 4, "normal": 1, "pneumonia": 0}
@@ -311,6 +322,7 @@ def check_classifier_plugin(
     from cxraug.interfaces import Classifier
 
     assert issubclass(cls, Classifier), f"{cls.__name__} is not a Classifier"
+    check_registration("classifier", cls)
     plugin = cls(options if options is not None else cls.Options())
     size = int(plugin.input_size)
     assert size >= 16, f"{cls.name}: input_size {size} is too small"
@@ -354,6 +366,7 @@ def check_metric_plugin(cls: type[Any], inputs: Any, *, options: Any = None) -> 
     from cxraug.interfaces import Metric, MetricResult
 
     assert issubclass(cls, Metric), f"{cls.__name__} is not a Metric"
+    check_registration("metric", cls)
     unknown = set(cls.requires) - set(inputs.__dataclass_fields__)
     assert not unknown, f"{cls.name}.requires names unknown inputs {sorted(unknown)}"
     missing = [f for f in cls.requires if getattr(inputs, f) is None]

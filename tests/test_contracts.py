@@ -85,3 +85,23 @@ def test_builtin_metrics_pass_the_contract(tmp_path) -> None:
         cls = REGISTRY.metric(name)
         options = cls.Options(k=3) if name == "prdc" else None
         check_metric_plugin(cls, inputs, options=options)
+
+
+def test_contract_checks_apply_the_registration_check() -> None:
+    """A plugin author's contract test catches what `cxraug plugins list` would refuse."""
+    from cxraug.interfaces import Classifier
+    from cxraug.plugins.classifiers.cnn import CNNClassifier, CNNOptions
+
+    class Half(Classifier):  # build() and param_groups() left out
+        name = "half"
+        description = "incomplete"
+
+    class LooseOptions(CNNClassifier):
+        name = "loose"
+
+        class Options(CNNOptions):
+            model_config = {"extra": "ignore"}
+
+    for broken, needle in ((Half, "does not implement"), (LooseOptions, "accepts unknown keys")):
+        with pytest.raises(AssertionError, match=needle):
+            check_classifier_plugin(broken)
