@@ -59,6 +59,6 @@ def describe_os_error(exc: BaseException) -> str | None:
     if exc.errno == errno.EROFS:
         return f"{where or 'a file'}: read-only file system; use a writable --workspace (or --out)"
     return (
-        f"{where or 'a file'}: permission denied ({reason}); check the folder's permissions or use "
-        "another --workspace (or --out)"
+        f"{where or 'a file'}: permission denied ({reason}); check its permissions, or use another "
+        "--workspace (or --out) if cxraug was writing there"
     )

@@ -484,6 +484,27 @@ def test_read_only_workspace_is_one_line_naming_the_folder(read_only: Path, args
     assert str(read_only) in line and ("read-only" in line or "not writable" in line), line
 
 
+def test_only_refusals_a_user_can_fix_lose_their_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    import errno
+
+    import typer
+
+    from cxraug.cli.common import handle_errors
+
+    @handle_errors
+    def raise_(exc: OSError) -> None:
+        raise exc
+
+    for code in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT):
+        with pytest.raises(typer.Exit) as stopped:
+            raise_(OSError(code, os.strerror(code), "/somewhere/file"))
+        assert stopped.value.exit_code == 2
+        assert "/somewhere/file" in _error_line(capsys.readouterr().err)
+    for code in (errno.EIO, errno.ENOENT, errno.EBADF):  # bugs (or worse): the traceback stays
+        with pytest.raises(OSError):
+            raise_(OSError(code, os.strerror(code), "/somewhere/file"))
+
+
 def test_data_show_works_in_a_read_only_workspace(read_only: Path) -> None:
     result = _cli(read_only)("data", "show", "d")
     assert result.exit_code == 0, result.output
