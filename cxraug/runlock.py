@@ -79,8 +79,12 @@ def _in_use_message(folder: Path, holder: dict[str, Any] | None) -> str:
 
 def read_holder(folder: Path) -> dict[str, Any] | None:
     """The holder info in FOLDER/.lock, or None when there is none or it cannot be read."""
+    return _read_holder_file(Path(folder) / LOCK_FILE)
+
+
+def _read_holder_file(path: Path) -> dict[str, Any] | None:
     try:
-        text = (Path(folder) / LOCK_FILE).read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8")
         info = json.loads(text)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
@@ -110,12 +114,14 @@ class RunLock:
     """Exclusive, non-blocking lock on a run folder; ``with RunLock(folder): ...``.
 
     The OS drops the lock when the holding process dies, however it dies. Not re-entrant: acquiring an
-    already acquired RunLock is a bug and raises RuntimeError.
+    already acquired RunLock is a bug and raises RuntimeError. ``lock_file`` puts the lock outside the
+    folder, for a folder that does not exist yet or is replaced while locked (a dataset being prepared);
+    messages still name ``folder``.
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *, lock_file: Path | None = None) -> None:
         self.folder = Path(folder)
-        self.path = self.folder / LOCK_FILE
+        self.path = Path(lock_file) if lock_file is not None else self.folder / LOCK_FILE
         self._fd: int | None = None
 
     @property
@@ -128,11 +134,13 @@ class RunLock:
         if self._fd is not None:
             raise RuntimeError(f"RunLock({self.folder}) is already acquired by this object; release it first")
         try:
+            if self.path.parent != self.folder:  # a lock file kept elsewhere: its folder may be new
+                self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as exc:
             raise CxrError(
                 f"{self.path}: cannot open the run lock ({exc.strerror}); "
-                "check that the run folder exists and is writable"
+                f"check that {self.path.parent} exists and is writable"
             ) from None
         try:
             locked = _try_lock(fd)
@@ -144,9 +152,11 @@ class RunLock:
             raise RunInUseError(self.folder, self._wait_for_holder())
         try:
             self._write_holder(fd)
-        except BaseException:
+        except BaseException as exc:
             _unlock(fd)
             os.close(fd)
+            if isinstance(exc, OSError) and exc.filename is None:  # os.write names no file (disk full)
+                raise OSError(exc.errno, exc.strerror, str(self.path)) from None
             raise
         self._fd = fd
         with _held_guard:
@@ -197,7 +207,7 @@ class RunLock:
     def _wait_for_holder(self) -> dict[str, Any] | None:
         # The holder writes its info just after locking; give a fresh holder a moment to finish.
         for _ in range(3):
-            info = read_holder(self.folder)
+            info = _read_holder_file(self.path)
             if info is not None:
                 return info
             time.sleep(0.05)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from cxraug.errors import DataError
+from cxraug.fileio import ensure_writable, work_folders
+from cxraug.runlock import RunInUseError, RunLock
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +59,56 @@ class Workspace:
     def dataset_dir(self, name: str) -> Path:
         return self.data_dir / check_name(name, "dataset name")
 
+    def dataset_lock(self, name: str) -> RunLock:
+        """The lock every writer of dataset ``name`` holds (prepare, augment).
+
+        Its file is .locks/dataset-NAME.lock, outside the dataset folder, which does not exist before
+        the first prepare and is replaced as a whole by --force.
+        """
+        lock_file = self.root / ".locks" / f"dataset-{check_name(name, 'dataset name')}.lock"
+        return RunLock(self.dataset_dir(name), lock_file=lock_file)
+
+    def writable_data_dir(self) -> Path:
+        """data/, created if needed; one-line CxrError when it cannot be written."""
+        return ensure_writable(self.data_dir, "workspace data folder")
+
+    def remove_stale_work_folders(self, holding: str | None = None) -> list[Path]:
+        """Remove what killed writers left in data/: their ``.NAME.partial-PID@HOST`` folders, and
+        their ``.NAME.old-...`` copies (put back as NAME when a kill came between the two renames of
+        a swap, so the only copy is never lost).
+
+        Only folders of processes that have exited on this machine are touched, each under its
+        dataset's lock (``holding``: the dataset whose lock the caller already holds). Returns what
+        was removed or restored.
+        """
+        touched: list[Path] = []
+        for work in work_folders(self.data_dir):
+            if not work.dead:
+                continue
+            try:
+                with contextlib.nullcontext() if work.name == holding else self.dataset_lock(work.name):
+                    if not work.path.is_dir():  # another process cleaned it meanwhile
+                        continue
+                    target = self.data_dir / work.name
+                    if work.kind == "old" and not target.exists():
+                        work.path.rename(target)
+                        log.warning("restored %s from %s, left by a killed process", target, work.path)
+                    else:
+                        shutil.rmtree(work.path, ignore_errors=True)
+                        log.info("removed %s, left by process %d that has exited", work.path, work.pid)
+            except (RunInUseError, DataError):  # its dataset is being written now, or an odd name
+                continue
+            touched.append(work.path)
+        return touched
+
     def dataset_names(self) -> list[str]:
         """Prepared datasets, oldest first (by the time recorded when they were prepared)."""
         if not self.data_dir.is_dir():
             return []
         found = []
         for info_path in self.data_dir.glob("*/info.json"):
+            if info_path.parent.name.startswith("."):  # a dataset being written, or a swapped-out one
+                continue
             try:
                 created = json.loads(info_path.read_text(encoding="utf-8")).get("created", "")
             except (OSError, json.JSONDecodeError):

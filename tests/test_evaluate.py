@@ -113,12 +113,11 @@ def test_generated_folder_and_offline_message(cxraug_cli, cxraug_workspace, tmp_
     for i in range(6):
         Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(gen / f"{i}.png")
     monkeypatch.delenv("CXRAUG_INCEPTION_WEIGHTS", raising=False)
-    import cleanfid.features
-
-    def offline(*args, **kwargs):
-        raise OSError("network is unreachable")
-
-    monkeypatch.setattr(cleanfid.features, "build_feature_extractor", offline)
+    for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):  # no network
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    for var in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     result = cxraug_cli("evaluate", "--fid", "--generated", str(tmp_path / "gen"))
     assert result.exit_code == 2
     assert "--inception-weights" in result.output and "Traceback" not in result.output

@@ -7,7 +7,6 @@ reach the network.
 
 from __future__ import annotations
 
-import urllib.error
 from pathlib import Path
 
 import numpy as np
@@ -158,14 +157,9 @@ def test_features_service_builds_one_from_the_services_and_keeps_it(tmp_path: Pa
     assert F.features_service(MetricServices()).cache is None
 
 
-def test_offline_inception_without_weights_raises(monkeypatch: pytest.MonkeyPatch) -> None:
-    import cleanfid.features
-
-    def offline(*args: object, **kwargs: object) -> None:
-        raise urllib.error.URLError("no network")
-
+def test_offline_inception_without_weights_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    offline(monkeypatch, tmp_path)
     monkeypatch.delenv(F.WEIGHTS_ENV, raising=False)
-    monkeypatch.setattr(cleanfid.features, "build_feature_extractor", offline)
     with pytest.raises(CxrError) as err:
         F.inception_extractor(None, "cpu")
     msg = str(err.value)
@@ -173,6 +167,15 @@ def test_offline_inception_without_weights_raises(monkeypatch: pytest.MonkeyPatc
     assert "inception-2015-12-05.pt" in msg and F.INCEPTION_URL in msg and "default_1.pt" in msg
     with pytest.raises(CxrError, match="--inception-weights"):
         F.FeatureService()(np.zeros((2, 8, 8), np.uint8), "real")
+
+
+def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No network (downloads go through a proxy nobody listens on) and an empty cxraug cache."""
+    for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    for var in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
 
 
 def test_missing_weights_file_is_a_user_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,7 +12,13 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.markup import escape
 
-from cxraug.errors import CxrError, OptionsError, PluginError, TrainingInterruptedError
+from cxraug.errors import (
+    CxrError,
+    OptionsError,
+    PluginError,
+    TrainingInterruptedError,
+    describe_os_error,
+)
 from cxraug.interfaces import KINDS
 from cxraug.options import load_config, options_table, parse_opts
 from cxraug.plugins import PluginManager, build_registry
@@ -48,7 +54,11 @@ class AppContext:
 
 
 def handle_errors(fn: F) -> F:
-    """Print user errors (CxrError) without a traceback and exit 2; Ctrl-C exits 130."""
+    """Print user errors (CxrError) without a traceback and exit 2; Ctrl-C exits 130.
+
+    So are the file system's refusals a user can fix (read-only, permission denied, disk full or
+    over quota: ``describe_os_error``); any other OSError is a bug and keeps its traceback.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -59,6 +69,12 @@ def handle_errors(fn: F) -> F:
             raise typer.Exit(130) from None
         except CxrError as exc:
             console.print(f"[bold red]Error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except OSError as exc:
+            message = describe_os_error(exc)
+            if message is None:
+                raise
+            console.print(f"[bold red]Error:[/] {escape(message)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             console.print(

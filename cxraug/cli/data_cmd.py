@@ -30,7 +30,7 @@ from cxraug.data.prepare_command import PrepareCommand, build_sources, parse_sou
 from cxraug.data.prepared import PreparedDataset
 from cxraug.data.resolve import open_dataset
 from cxraug.data.splits import SPLITS
-from cxraug.errors import OptionsError
+from cxraug.errors import OptionsError, describe_os_error
 from cxraug.options import to_jsonable
 from cxraug.settings import build_settings
 from cxraug.ui import console
@@ -195,12 +195,20 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
         if name is None and ws.latest_dataset() is None:
             raise OptionsError(f"no prepared datasets in {ws.root}; run `cxraug data prepare` first")
         ds = open_dataset(ws, ctx.registry, name)
-        grid_path = ds.path / "samples.png"
-        sample_grid(ds).save(grid_path)
+        grid_path: Path | None = ds.path / "samples.png"
+        unwritten = ""
+        try:
+            sample_grid(ds).save(ds.path / "samples.png")
+        except OSError as exc:  # showing a dataset must work in a read-only (e.g. shared) workspace
+            unwritten = describe_os_error(exc) or ""
+            if not unwritten:
+                raise
+            grid_path = None
         report_path = ds.path / "report.json"
         report = json.loads(report_path.read_text()) if report_path.is_file() else {}
         if as_json:
-            print_json({"info": ds.info, "counts": ds.counts(), "samples": str(grid_path)})
+            samples = str(grid_path) if grid_path else None
+            print_json({"info": ds.info, "counts": ds.counts(), "samples": samples})
             return
         if ds.synthetic:
             console.print("[yellow]Synthetic demo images (phantoms), not real chest X-rays.[/]")
@@ -209,7 +217,10 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
             console.print(f"source: {src['adapter']} {src['root'] or ''}", highlight=False)
         for note in report.get("notes", []):
             console.print(f"[dim]note:[/] {escape(note)}", highlight=False)
-        console.print(f"sample grid (rows: {', '.join(ds.classes)}): {grid_path}")
+        if grid_path is None:
+            console.print(f"[yellow]sample grid not written:[/] {escape(unwritten)}", soft_wrap=True)
+        else:
+            console.print(f"sample grid (rows: {', '.join(ds.classes)}): {grid_path}")
 
 
 def _plan(ws: Workspace, settings: PrepareSettings, built: list[Source]) -> dict[str, Any]:

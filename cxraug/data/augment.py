@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import shutil
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,7 +19,7 @@ import numpy as np
 from cxraug import __version__
 from cxraug.data.prepared import FORMAT_VERSION, PreparedDataset, swap_in, write_manifest
 from cxraug.errors import DataError, OptionsError
-from cxraug.fileio import file_sha256
+from cxraug.fileio import file_sha256, open_npy_memmap, work_folder_name, writing_into
 from cxraug.imageio import array_sha256, perceptual_hash
 from cxraug.interfaces import Augmenter, AugmentRequest, AugmentServices
 from cxraug.options import to_jsonable
@@ -66,11 +66,6 @@ def augment_dataset(
     target = workspace.dataset_dir(name)
     if target.resolve() == source.path.resolve():
         raise OptionsError(f"--name {name!r} is the source dataset; choose a new name")
-    if target.exists() and not force:
-        raise DataError(
-            f"dataset {name!r} already exists at {target}; pass --force to replace it or choose another"
-            " --name"
-        )
     for step in steps:
         unknown = [lb for lb, n in step.counts.items() if n and lb not in source.classes]
         if unknown:
@@ -78,86 +73,105 @@ def augment_dataset(
                 f"label(s) {', '.join(unknown)} are not classes of dataset {source.name!r} "
                 f"({', '.join(source.classes)})"
             )
+    data_dir = workspace.writable_data_dir()
+    with workspace.dataset_lock(name):  # one writer per dataset name (see prepare_dataset)
+        workspace.remove_stale_work_folders(holding=name)
+        if target.exists() and not force:
+            raise DataError(
+                f"dataset {name!r} already exists at {target}; pass --force to replace it or choose "
+                "another --name"
+            )
+        tmp = data_dir / work_folder_name(name)
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            with writing_into(tmp, target):
+                _augment_into(tmp, target, source, steps, seed, services)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return PreparedDataset(target)
+
+
+def _augment_into(
+    tmp: Path,
+    target: Path,
+    source: PreparedDataset,
+    steps: list[AugmentStep],
+    seed: int,
+    services: AugmentServices,
+) -> None:
+    name = target.name
     train_idx = source.indices("train")
     train_images = np.asarray(source.images[train_idx])
     train_labels = [source.rows[i]["label"] for i in train_idx]
     n_new = sum(sum(s.counts.values()) for s in steps)
-    tmp = workspace.data_dir / f".{name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    try:
-        size = source.size
-        images = np.lib.format.open_memmap(
-            tmp / "images.npy", "w+", np.uint8, (len(source.rows) + n_new, size, size)
-        )
-        images[: len(source.rows)] = source.images
-        rows: list[dict[str, Any]] = [dict(r) for r in source.rows]
-        out = len(source.rows)
-        with progress_bar() as progress:
-            for k, step in enumerate(steps):
-                total = sum(step.counts.values())
-                if total == 0:
-                    continue
-                task = progress.add_task(f"{step.augmenter.name}: {total} images", total=total)
-                request = AugmentRequest(
-                    images=train_images,
-                    labels=train_labels,
-                    counts=dict(step.counts),
-                    seed=seed + 7919 * k,
-                    size=size,
-                    services=services,
-                )
-                made: Counter[str] = Counter()
-                for item in step.augmenter.augment(request):
-                    img = np.asarray(item.image)
-                    if img.shape != (size, size) or img.dtype != np.uint8:
-                        raise RuntimeError(
-                            f"augmenter {step.augmenter.name} returned {img.dtype} {img.shape}, "
-                            f"expected uint8 {(size, size)}"
-                        )
-                    if made[item.label] >= step.counts.get(item.label, 0):
-                        raise RuntimeError(
-                            f"augmenter {step.augmenter.name} made more {item.label} images than asked"
-                        )
-                    images[out] = img
-                    rows.append(_row(item, img, source, train_idx, step.augmenter.name))
-                    made[item.label] += 1
-                    out += 1
-                    progress.advance(task)
-                short = {lb: n - made[lb] for lb, n in step.counts.items() if made[lb] != n}
-                if short:
-                    raise RuntimeError(f"augmenter {step.augmenter.name} fell short: {short}")
-        images.flush()
-        del images
-        write_manifest(tmp / "manifest.csv", rows)
-        counts = {
-            s: dict(sorted(Counter(r["label"] for r in rows if r["split"] == s).items()))
-            for s in ("train", "val", "test")
-        }
-        info = {
-            **{k: v for k, v in source.info.items() if k not in ("manifest_sha256",)},
-            "format_version": FORMAT_VERSION,
-            "name": name,
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds"),
-            "cxraug_version": __version__,
-            "counts": counts,
-            "augmented_from": {
-                "name": source.name,
-                "path": str(source.path),
-                "manifest_sha256": file_sha256(source.path / "manifest.csv"),
-            },
-            "augment": {
-                "seed": seed,
-                "steps": [_step_info(s, services) for s in steps],
-            },
-            "manifest_sha256": file_sha256(tmp / "manifest.csv"),
-        }
-        (tmp / "info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        swap_in(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return PreparedDataset(target)
+    size = source.size
+    images = open_npy_memmap(tmp / "images.npy", (len(source.rows) + n_new, size, size))
+    images[: len(source.rows)] = source.images
+    rows: list[dict[str, Any]] = [dict(r) for r in source.rows]
+    out = len(source.rows)
+    with progress_bar() as progress:
+        for k, step in enumerate(steps):
+            total = sum(step.counts.values())
+            if total == 0:
+                continue
+            task = progress.add_task(f"{step.augmenter.name}: {total} images", total=total)
+            request = AugmentRequest(
+                images=train_images,
+                labels=train_labels,
+                counts=dict(step.counts),
+                seed=seed + 7919 * k,
+                size=size,
+                services=services,
+            )
+            made: Counter[str] = Counter()
+            for item in step.augmenter.augment(request):
+                img = np.asarray(item.image)
+                if img.shape != (size, size) or img.dtype != np.uint8:
+                    raise RuntimeError(
+                        f"augmenter {step.augmenter.name} returned {img.dtype} {img.shape}, "
+                        f"expected uint8 {(size, size)}"
+                    )
+                if made[item.label] >= step.counts.get(item.label, 0):
+                    raise RuntimeError(
+                        f"augmenter {step.augmenter.name} made more {item.label} images than asked"
+                    )
+                images[out] = img
+                rows.append(_row(item, img, source, train_idx, step.augmenter.name))
+                made[item.label] += 1
+                out += 1
+                progress.advance(task)
+            short = {lb: n - made[lb] for lb, n in step.counts.items() if made[lb] != n}
+            if short:
+                raise RuntimeError(f"augmenter {step.augmenter.name} fell short: {short}")
+    images.flush()
+    del images
+    write_manifest(tmp / "manifest.csv", rows)
+    counts = {
+        s: dict(sorted(Counter(r["label"] for r in rows if r["split"] == s).items()))
+        for s in ("train", "val", "test")
+    }
+    info = {
+        **{k: v for k, v in source.info.items() if k not in ("manifest_sha256",)},
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds"),
+        "cxraug_version": __version__,
+        "counts": counts,
+        "augmented_from": {
+            "name": source.name,
+            "path": str(source.path),
+            "manifest_sha256": file_sha256(source.path / "manifest.csv"),
+        },
+        "augment": {
+            "seed": seed,
+            "steps": [_step_info(s, services) for s in steps],
+        },
+        "manifest_sha256": file_sha256(tmp / "manifest.csv"),
+    }
+    (tmp / "info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    swap_in(tmp, target)
 
 
 def _step_info(step: AugmentStep, services: AugmentServices) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from cxraug.data.paths import DatasetRoot
 from cxraug.data.prepared import FORMAT_VERSION, PreparedDataset, swap_in, write_manifest
 from cxraug.data.splits import HELD_OUT_RANK, SPLITS, assign_splits
 from cxraug.errors import CxrError, DataError, OptionsError
-from cxraug.fileio import file_sha256
+from cxraug.fileio import file_sha256, open_npy_memmap, work_folder_name, writing_into
 from cxraug.imageio import (
     DEFAULT_MAX_PIXELS,
     MAX_PIXELS_CEILING,
@@ -197,6 +197,15 @@ def _decode_all(
 def prepare_dataset(workspace: Workspace, sources: list[Source], settings: PrepareSettings) -> PrepareResult:
     """Read, decode, deduplicate, split and write a prepared dataset; returns it and its report."""
     settings.validate()
+    workspace.writable_data_dir()
+    # One writer per dataset name: a second prepare (or augment) of the name is refused, naming
+    # the process at work, instead of both writing and one silently replacing the other.
+    with workspace.dataset_lock(settings.name):
+        workspace.remove_stale_work_folders(holding=settings.name)
+        return _prepare_locked(workspace, sources, settings)
+
+
+def _prepare_locked(workspace: Workspace, sources: list[Source], settings: PrepareSettings) -> PrepareResult:
     final_dir = workspace.dataset_dir(settings.name)
     if final_dir.exists() and not settings.force:
         raise DataError(
@@ -209,12 +218,12 @@ def prepare_dataset(workspace: Workspace, sources: list[Source], settings: Prepa
             "no images found: check --root and the adapter's options "
             "(`cxraug plugins list --kind dataset`), and that --classes matches the labels"
         )
-    workspace.data_dir.mkdir(parents=True, exist_ok=True)
-    tmp_dir = workspace.data_dir / f".{settings.name}.partial-{os.getpid()}"
+    tmp_dir = workspace.data_dir / work_folder_name(settings.name)
     shutil.rmtree(tmp_dir, ignore_errors=True)
-    tmp_dir.mkdir(parents=True)
     try:
-        return _prepare_into(tmp_dir, final_dir, records, collected, sources, settings)
+        with writing_into(tmp_dir, final_dir):  # "disk full at data/NAME", not at a hidden folder
+            tmp_dir.mkdir(parents=True)
+            return _prepare_into(tmp_dir, final_dir, records, collected, sources, settings)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
@@ -230,7 +239,7 @@ def _prepare_into(
 ) -> PrepareResult:
     n, size = len(records), settings.size
     scratch_path = tmp_dir / "decoded.npy"
-    scratch = np.lib.format.open_memmap(scratch_path, mode="w+", dtype=np.uint8, shape=(n, size, size))
+    scratch = open_npy_memmap(scratch_path, (n, size, size))
     digests, phashes, failures = _decode_all(records, settings, scratch)
     skipped = [
         {"original": records[i].original, "source": records[i].source, "reason": reason}
@@ -314,9 +323,7 @@ def _prepare_into(
     final = [(kept[k], splits[k]) for k in range(len(kept)) if k not in leak_drops]
     final.sort(key=lambda t: (SPLITS.index(t[1]), t[0]))
 
-    images = np.lib.format.open_memmap(
-        tmp_dir / "images.npy", mode="w+", dtype=np.uint8, shape=(len(final), size, size)
-    )
+    images = open_npy_memmap(tmp_dir / "images.npy", (len(final), size, size))
     rows: list[dict[str, Any]] = []
     for out_i, (i, split) in enumerate(final):
         images[out_i] = scratch[i]

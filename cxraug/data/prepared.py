@@ -14,7 +14,7 @@ import numpy as np
 from cxraug.data.dedup import near_duplicates
 from cxraug.data.splits import SPLITS
 from cxraug.errors import DataError
-from cxraug.fileio import file_sha256
+from cxraug.fileio import file_sha256, work_folder_name
 
 FORMAT_VERSION = 1
 MANIFEST_COLUMNS: tuple[str, ...] = (
@@ -33,12 +33,15 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
 
 
 def swap_in(tmp_dir: Path, target: Path) -> None:
-    """Move a completed dataset folder into place; an existing one is removed only afterwards."""
-    import os
+    """Move a completed dataset folder into place; an existing one is removed only afterwards.
+
+    Call it holding the dataset's lock. A kill between the two renames leaves the previous version as
+    ``.NAME.old-PID@HOST``, which the next writer puts back (Workspace.remove_stale_work_folders).
+    """
     import shutil
 
     if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        old = target.with_name(work_folder_name(target.name, "old"))
         target.rename(old)
         tmp_dir.rename(target)
         shutil.rmtree(old, ignore_errors=True)

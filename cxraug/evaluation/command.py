@@ -160,9 +160,10 @@ class EvaluateJob(Job[EvaluateSettings, EvaluationRun]):
 
     def create(self, settings: EvaluateSettings) -> EvaluationRun:
         _, record = self.record(settings)
+        if settings.out:
+            return EvaluationRun.create_at(Path(settings.out), record)
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        path = Path(settings.out) if settings.out else self.ws.reports_dir / f"eval-{stamp}"
-        return EvaluationRun.create_at(path, record)
+        return EvaluationRun.create_in(self.ws.reports_dir, f"eval-{stamp}", record)
 
     def train(
         self, run: EvaluationRun, settings: EvaluateSettings, dist: DistContext, device: torch.device

@@ -18,6 +18,7 @@ from PIL import Image
 from cxraug import __version__
 from cxraug.data.prepared import PreparedDataset
 from cxraug.errors import DataError, OptionsError
+from cxraug.fileio import file_sha256
 from cxraug.imageio import ImageReadError, fit_square, read_gray
 from cxraug.interfaces import MetricInputs, PluginOptions
 from cxraug.metrics.features import FeatureCache, FeatureService
@@ -223,6 +224,7 @@ def run_evaluation(
         results["artifacts"]["samples"] = "samples_real_vs_generated.png"
     if req.gan_run is not None:
         results["artifacts"].update(copy_loss_curves(req.gan_run, req.out_dir))
+    service = inputs.services.features
     doc = {
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "cxraug_version": __version__,
@@ -234,7 +236,9 @@ def run_evaluation(
             "truncation": req.truncation,
             "device": req.device,
             "inception_weights": str(req.inception_weights) if req.inception_weights else None,
+            "inception_weights_sha256": file_sha256(req.inception_weights) if req.inception_weights else None,
         },
+        "warnings": service.warnings if isinstance(service, FeatureService) else [],
         **results,
     }
     (req.out_dir / "metrics.json").write_text(json.dumps(to_jsonable(doc), indent=2, default=str) + "\n")

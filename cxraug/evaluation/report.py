@@ -125,6 +125,8 @@ def write_reports(doc: dict[str, Any], out_dir: Path, title: str = "cxraug evalu
     """The evaluation report (values, tables, figures) as report.md and report.html."""
     lines = [f"# {title}", "", f"created {doc['created']} with cxraug {doc['cxraug_version']}", ""]
     lines += [f"- {k.replace('_', ' ')}: `{v}`" for k, v in doc["sources"].items()]
+    if doc.get("warnings"):
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in doc["warnings"]]
     lines += ["", "## Values", "", "| metric | name | value |", "|---|---|---|"]
     lines += [f"| {m} | {k} | {fmt(v)} |" for m, values in doc["values"].items() for k, v in values.items()]
     for name, rows in doc.get("tables", {}).items():

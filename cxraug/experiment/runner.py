@@ -187,8 +187,7 @@ class ExperimentJob(Job[ExperimentSettings, ExperimentRun]):
         _, record = self.record(settings)
         if settings.out:
             return ExperimentRun.create_at(Path(settings.out), record)
-        path = self.ws.reports_dir / f"experiment-{timestamp()}"
-        return ExperimentRun.create_at(path, record)
+        return ExperimentRun.create_in(self.ws.reports_dir, f"experiment-{timestamp()}", record)
 
     def plan(self, settings: ExperimentSettings, run: ExperimentRun | None) -> dict[str, Any]:
         out = run.path if run else (settings.out or self.ws.reports_dir / "experiment-TIME")

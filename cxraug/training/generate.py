@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
+import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,9 +17,10 @@ from PIL import Image
 from pydantic import ValidationError
 
 from cxraug.errors import DataError, OptionsError
-from cxraug.fileio import atomic_write, file_sha256
+from cxraug.fileio import atomic_write, ensure_writable, file_sha256, remove_orphan_temps, writing_into
 from cxraug.interfaces import GAN, GANSpec
 from cxraug.registry import Registry
+from cxraug.runlock import RunLock
 from cxraug.training.checkpoint import safe_load
 from cxraug.training.plots import to_uint8
 from cxraug.ui import progress_bar
@@ -95,6 +99,49 @@ def read_generated_manifest(out: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
+class _ManifestAppender:
+    """Appends whole batches of rows to manifest.csv: a failed write (a full disk) is cut back to the
+    last complete batch, so the manifest never ends in half a row."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fh: Any = None
+
+    def __enter__(self) -> _ManifestAppender:
+        self._fh = open(self.path, "ab", buffering=0)  # noqa: SIM115 (closed in __exit__)
+        if self._fh.seek(0, os.SEEK_END) == 0:
+            self._write(_csv_text(None))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._fh.close()
+
+    def append(self, rows: list[dict[str, Any]]) -> None:
+        self._write(_csv_text(rows))
+
+    def _write(self, text: str) -> None:
+        data = memoryview(text.encode("utf-8"))
+        start = self._fh.tell()
+        try:
+            while data:
+                data = data[self._fh.write(data) :]
+        except BaseException:
+            with contextlib.suppress(OSError):
+                self._fh.truncate(start)
+            raise
+
+
+def _csv_text(rows: list[dict[str, Any]] | None) -> str:
+    """The manifest's header (rows None) or rows as CSV text."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=MANIFEST_FIELDS, lineterminator="\n")
+    if rows is None:
+        writer.writeheader()
+    else:
+        writer.writerows(rows)
+    return buffer.getvalue()
+
+
 def _save_png(f: Any, image: np.ndarray) -> None:
     Image.fromarray(image, "L").save(f, format="PNG")
 
@@ -120,7 +167,25 @@ def generate_images(
             raise OptionsError(
                 f"label {label!r} (--label/--per-class): this GAN generates {', '.join(generators)}"
             )
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_writable(out, "output folder")
+    # One writer per folder: two runs into it at once would both append to its manifest.
+    with RunLock(out), writing_into(out):
+        for label in counts:  # PNGs a killed run left half-written (only where it writes PNGs)
+            remove_orphan_temps(out / label, recursive=False)
+        return _generate_into(
+            generators, counts, out, seed=seed, truncation=truncation, batch_size=batch_size
+        )
+
+
+def _generate_into(
+    generators: dict[str, tuple[LoadedGenerator, int]],
+    counts: dict[str, int],
+    out: Path,
+    *,
+    seed: int,
+    truncation: float,
+    batch_size: int,
+) -> dict[str, int]:
     existing = read_generated_manifest(out)
     done: dict[str, set[int]] = {}
     for row in existing:
@@ -139,14 +204,10 @@ def generate_images(
         if (out / row["file"]).is_file():
             done.setdefault(row["label"], set()).add(int(row["index"]))
     manifest_path = out / "manifest.csv"
-    new_file = not manifest_path.is_file()
     written: dict[str, int] = {}
     todo = {label: [i for i in range(n) if i not in done.get(label, set())] for label, n in counts.items()}
     total = sum(len(v) for v in todo.values())
-    with open(manifest_path, "a", newline="", encoding="utf-8") as fh, progress_bar() as progress:
-        writer = csv.DictWriter(fh, fieldnames=MANIFEST_FIELDS, lineterminator="\n")
-        if new_file:
-            writer.writeheader()
+    with _ManifestAppender(manifest_path) as manifest, progress_bar() as progress:
         task = progress.add_task(f"generating {total} images", total=total)
         for label, indices in todo.items():
             loaded, label_index = generators[label]
@@ -160,10 +221,11 @@ def generate_images(
                 labels = torch.full((len(chunk),), label_index, dtype=torch.long)
                 device = torch.device(loaded.gan.spec.device)
                 images = to_uint8(loaded.gan.generate(z.to(device), labels.to(device), truncation))
+                rows = []
                 for i, image in zip(chunk, images, strict=True):
                     rel = f"{label}/{label}-s{seed}-{i:06d}.png"
                     atomic_write(out / rel, functools.partial(_save_png, image=image))
-                    writer.writerow(
+                    rows.append(
                         {
                             "file": rel,
                             "label": label,
@@ -175,7 +237,7 @@ def generate_images(
                             "checkpoint_sha256": loaded.sha256,
                         }
                     )
-                fh.flush()
+                manifest.append(rows)
                 written[label] += len(chunk)
                 progress.advance(task, len(chunk))
     return written

@@ -187,7 +187,10 @@ def _fail(run: Run[Any], fresh: bool, exc: Exception) -> None:
     if fresh and not run.has_progress():
         shutil.rmtree(run.path, ignore_errors=True)
         return
-    run.mark(RunStatus.FAILED, error=f"{type(exc).__name__}: {exc}"[:2000])
+    try:
+        run.mark(RunStatus.FAILED, error=f"{type(exc).__name__}: {exc}"[:2000])
+    except OSError as error:  # e.g. the full disk that made the run fail; report the first error
+        log.warning("could not record the failure in %s: %s", run.path, error)
 
 
 def find_resume_target(job: Job[S, R], built: Built[S], resume: str) -> R | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 import sys
 from enum import Enum
 from pathlib import Path
@@ -18,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from cxraug.data.prepared import PreparedDataset
 from cxraug.errors import DataError
-from cxraug.fileio import atomic_write
+from cxraug.fileio import atomic_write, ensure_writable
 from cxraug.runlock import RunLock
 from cxraug.settings import Settings
 from cxraug.workspace import Workspace
@@ -126,15 +127,24 @@ class Run(Generic[RecordT]):
     def create(cls: type[RunT], workspace: Workspace, label: str, record: RunRecord[Any]) -> RunT:
         """A new, uniquely named folder ``home/TIME-label`` holding ``record``."""
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        base = cls.home(workspace)
-        base.mkdir(parents=True, exist_ok=True)
+        return cls.create_in(cls.home(workspace), f"{stamp}-{label}", record)
+
+    @classmethod
+    def create_in(cls: type[RunT], base: Path, stem: str, record: RunRecord[Any]) -> RunT:
+        """A new folder ``base/stem`` (``stem-1``, ... when taken, e.g. by a run started the same
+        second by another process) holding ``record``."""
+        ensure_writable(base, f"{cls.kind} runs folder")
         for k in range(1000):
-            path = base / (f"{stamp}-{label}" + (f"-{k}" if k else ""))
+            path = base / (stem + (f"-{k}" if k else ""))
             try:
-                path.mkdir()
+                path.mkdir()  # atomic: of two processes racing for a name, one gets it
             except FileExistsError:
                 continue
-            return cls.create_at(path, record)
+            try:
+                return cls.create_at(path, record)
+            except BaseException:
+                shutil.rmtree(path, ignore_errors=True)  # an empty folder, e.g. when the disk is full
+                raise
         raise RuntimeError(f"could not create a run folder under {base}")  # pragma: no cover
 
     @classmethod
@@ -149,6 +159,8 @@ class Run(Generic[RecordT]):
                 kind = "unreadable"
             if kind != cls.kind:
                 raise DataError(f"{path} holds a {kind} run; choose another folder for this {cls.kind} run")
+            with RunLock(path):  # replaced only when no process is working on it now
+                pass
         elif path.is_dir() and any(path.iterdir()):
             raise DataError(f"{path} is not empty and holds no cxraug run; choose a new or empty folder")
         path.mkdir(parents=True, exist_ok=True)
