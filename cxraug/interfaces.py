@@ -32,9 +32,10 @@ KINDS: tuple[str, ...] = ("dataset", "gan", "augmenter", "classifier", "metric")
 
 
 class PluginOptions(BaseModel):
-    """Base for every plugin's options: unknown keys are an error, values are validated."""
+    """Base for every plugin's options: unknown keys are an error, values are validated, and no
+    number may be nan or inf (``ge=0`` alone lets ``r1_gamma=inf`` through, which trains NaNs)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class NoOptions(PluginOptions):
@@ -196,6 +197,14 @@ class GAN(Plugin[O], ABC):
     def __init__(self, options: O | None, spec: GANSpec) -> None:
         super().__init__(options)
         self.spec = spec
+
+    @classmethod
+    def check_spec(cls, options: O, spec: GANSpec) -> None:
+        """Raise OptionsError for an image size, label count or option this GAN cannot train.
+
+        The engine calls it before a run starts and for ``--dry-run``, so a bad size is refused at
+        once instead of when training begins; the default accepts everything.
+        """
 
     @abstractmethod
     def networks(self) -> dict[str, nn.Module]:

@@ -116,16 +116,17 @@ def resolve_options(
 
 
 def describe_validation_error(exc: ValidationError, cls: type[BaseModel], plugin: str) -> str:
-    """One line per bad key, then the valid keys with their defaults."""
-    lines = [f"invalid options for {plugin}:"]
+    """One line: each bad key, then the valid keys with their defaults."""
+    problems = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "(options)"
         if err["type"] == "extra_forbidden":
-            lines.append(f"  unknown key {key!r}")
+            problems.append(f"unknown key {key!r}")
         else:
-            lines.append(f"  {key}: {err['msg']} (got {err.get('input')!r})")
-    lines.append(f"valid keys for {plugin}: " + (", ".join(describe_fields(cls)) or "none"))
-    return "\n".join(lines)
+            msg = err["msg"].replace("Value error, ", "")
+            problems.append(f"{key}: {msg} (got {err.get('input')!r})")
+    valid = ", ".join(describe_fields(cls)) or "none"
+    return f"invalid options for {plugin}: {'; '.join(problems)}; valid keys: {valid}"
 
 
 def describe_fields(cls: type[BaseModel]) -> list[str]:

@@ -32,10 +32,17 @@ def split_list(values: Any) -> list[str]:
 NameList = Annotated[list[str], BeforeValidator(split_list)]
 
 
-class Settings(BaseModel):
-    """Base of every command's settings; unknown keys are an error."""
+#: Most images one command may be asked to make or add (``--n``, ``--synthetic``, ``--classic``,
+#: ``--per-class`` counts): more than the largest public chest X-ray collections hold, so a larger
+#: number is a typo that would otherwise run for days and fill the disk.
+MAX_IMAGES = 1_000_000
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+class Settings(BaseModel):
+    """Base of every command's settings; unknown keys are an error, and so is nan or inf in any
+    number (``--lr nan`` would train a network of NaNs without a word)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     #: The ``--config`` table that holds this command's values (e.g. ``train-gan``).
     section: ClassVar[str] = ""
@@ -123,6 +130,22 @@ def describe_error(
     return "; ".join(line.replace("Value error, ", "") for line in lines)
 
 
+def describe_file_error(exc: ValidationError) -> str:
+    """The first problem of a JSON file cxraug wrote (a run record, info.json), naming its key
+    without echoing the whole file."""
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"].replace("Value error, ", "")
+    if err["type"] == "missing":
+        return f"{key}: missing"
+    if err["type"] == "extra_forbidden":
+        return f"unknown key {key!r}"
+    if not key:
+        return msg
+    shown = repr(err.get("input"))
+    return f"{key}: {msg} (got {shown if len(shown) <= 60 else shown[:57] + '...'})"
+
+
 def _show(value: Any) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
@@ -165,5 +188,7 @@ def parse_counts(text: str, flag: str) -> dict[str, int]:
             value = -1
         if not sep or not label.strip() or value < 0:
             raise OptionsError(f"{flag} {text!r}: expected LABEL=N,..., e.g. covid=600,normal=400")
+        if value > MAX_IMAGES:
+            raise OptionsError(f"{flag} {text!r}: {value} images for {label.strip()!r}; at most {MAX_IMAGES}")
         out[label.strip()] = value
     return out

@@ -42,7 +42,17 @@ class Workspace:
     def from_option(cls, path: Path | None) -> Workspace:
         if path is None:
             path = Path(os.environ.get(WORKSPACE_ENV) or DEFAULT_WORKSPACE)
-        return cls(Path(path).expanduser())
+        root = Path(path).expanduser()
+        # a file where the workspace (or a folder above it) should be fails at the first mkdir,
+        # deep inside some command; say so here, naming the flag
+        existing = root
+        while not existing.exists() and existing.parent != existing:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise DataError(
+                f"--workspace {root}: {existing} is a file, not a folder; choose a workspace folder"
+            )
+        return cls(root)
 
     @property
     def data_dir(self) -> Path:
@@ -110,10 +120,12 @@ class Workspace:
             if info_path.parent.name.startswith("."):  # a dataset being written, or a swapped-out one
                 continue
             try:
-                created = json.loads(info_path.read_text(encoding="utf-8")).get("created", "")
-            except (OSError, json.JSONDecodeError):
-                continue
-            found.append((created, info_path.parent.name))
+                info = json.loads(info_path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                info = None
+            # a damaged info.json still names a dataset, so opening it says what is wrong with it
+            created = info.get("created", "") if isinstance(info, dict) else ""
+            found.append((str(created), info_path.parent.name))
         return [name for _, name in sorted(found)]
 
     def latest_dataset(self) -> str | None:

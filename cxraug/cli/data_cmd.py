@@ -27,7 +27,7 @@ from cxraug.cli.common import (
 )
 from cxraug.data.prepare import PrepareResult, PrepareSettings, Source, prepare_dataset
 from cxraug.data.prepare_command import PrepareCommand, build_sources, parse_sources, take_prepare_opts
-from cxraug.data.prepared import PreparedDataset
+from cxraug.data.prepared import PreparedDataset, read_info
 from cxraug.data.resolve import open_dataset
 from cxraug.data.splits import SPLITS
 from cxraug.errors import OptionsError, describe_os_error
@@ -157,7 +157,7 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
         """Prepared datasets of the workspace (the latest is the default for other commands)."""
         ws = workspace_from(workspace)
         names = ws.dataset_names()
-        infos = [json.loads((ws.dataset_dir(n) / "info.json").read_text()) for n in names]
+        infos = [read_info(ws.dataset_dir(n) / "info.json") for n in names]
         if as_json:
             print_json(infos)
             return

@@ -5,16 +5,19 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cxraug.data.dedup import near_duplicates
 from cxraug.data.splits import SPLITS
 from cxraug.errors import DataError
 from cxraug.fileio import file_sha256, work_folder_name
+from cxraug.settings import describe_file_error
 
 FORMAT_VERSION = 1
 MANIFEST_COLUMNS: tuple[str, ...] = (
@@ -58,8 +61,10 @@ def write_manifest(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def read_manifest(path: Path) -> list[dict[str, str]]:
+    # utf-8-sig: a manifest saved from Excel ("CSV UTF-8") starts with a byte-order mark, which plain
+    # utf-8 would glue onto the first column's name ("\ufeffid")
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or [])]
             if missing:
@@ -69,6 +74,60 @@ def read_manifest(path: Path) -> list[dict[str, str]]:
             return list(reader)
     except FileNotFoundError:
         raise DataError(f"{path}: missing; re-run `cxraug data prepare`") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path}: not UTF-8 text (byte {exc.start}); save it as CSV UTF-8 or re-run `cxraug data prepare`"
+        ) from None
+    except csv.Error as exc:
+        raise DataError(f"{path}: not a readable CSV file ({exc}); re-run `cxraug data prepare`") from None
+
+
+class _SourceInfo(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    adapter: str
+    root: str | None = None
+
+
+class DatasetInfo(BaseModel):
+    """The keys of ``info.json`` cxraug reads, checked; the file's other keys pass through."""
+
+    model_config = ConfigDict(extra="allow")
+
+    format_version: int
+    size: int = Field(ge=1)
+    classes: list[str] = Field(min_length=1)
+    synthetic: bool = False
+    created: str = ""
+    counts: dict[str, dict[str, int]] = {}
+    sources: list[_SourceInfo] = []
+
+
+def read_info(path: Path) -> dict[str, Any]:
+    """``info.json`` of a prepared dataset, as a dict whose known keys have the expected types."""
+    redo = "re-run `cxraug data prepare`"
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path.parent}: not a prepared dataset (no info.json); {redo}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not valid JSON ({exc}); {redo}") from None
+    if not isinstance(raw, dict):
+        raise DataError(f"{path}: holds a {type(raw).__name__}, not a JSON object; {redo}")
+    if raw.get("format_version") != FORMAT_VERSION:
+        raise DataError(
+            f"{path}: format_version {raw.get('format_version')!r} is not "
+            f"{FORMAT_VERSION}; re-run `cxraug data prepare` with this cxraug version"
+        )
+    try:
+        info = DatasetInfo.model_validate(raw)
+    except ValidationError as exc:
+        raise DataError(f"{path}: {describe_file_error(exc)}; {redo} instead of editing it by hand") from None
+    return {**raw, **info.model_dump(mode="json", exclude_unset=True)}
+
+
+#: A perceptual hash as prepare writes it: 64 bits in 16 hex digits.
+_PHASH = re.compile(r"^[0-9a-fA-F]{16}$")
 
 
 class PreparedDataset:
@@ -82,15 +141,7 @@ class PreparedDataset:
                 f"{self.path}: not a prepared dataset (no info.json); "
                 "create one with `cxraug data prepare` (see `cxraug data list`)"
             )
-        try:
-            self.info: dict[str, Any] = json.loads(info_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{info_path}: not valid JSON ({exc}); re-run `cxraug data prepare`") from None
-        if self.info.get("format_version") != FORMAT_VERSION:
-            raise DataError(
-                f"{info_path}: format_version {self.info.get('format_version')!r} is not "
-                f"{FORMAT_VERSION}; re-run `cxraug data prepare` with this cxraug version"
-            )
+        self.info: dict[str, Any] = read_info(info_path)
         self.rows = read_manifest(self.path / "manifest.csv")
         try:
             self.images: np.ndarray = np.load(self.path / "images.npy", mmap_mode="r")
@@ -116,6 +167,11 @@ class PreparedDataset:
                 raise DataError(
                     f"{self.path / 'manifest.csv'}:{n}: label {row['label']!r} is not one of "
                     f"the dataset's classes {self.classes} (info.json)"
+                )
+            if not _PHASH.match(row["phash"] or ""):
+                raise DataError(
+                    f"{self.path / 'manifest.csv'}:{n}: phash {row['phash']!r} is not 16 hex digits; "
+                    "re-run `cxraug data prepare` instead of editing the manifest by hand"
                 )
         if check:
             self.check_invariants()

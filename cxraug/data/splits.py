@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Sequence
 
@@ -21,7 +22,8 @@ def parse_ratios(text: str) -> tuple[float, float, float]:
         parts = tuple(float(p) for p in text.split(","))
     except ValueError:
         parts = ()
-    if len(parts) != 3 or any(p < 0 for p in parts) or sum(parts) <= 0:
+    # isfinite: nan passes "p < 0" and inf makes the sum meaningless
+    if len(parts) != 3 or not all(math.isfinite(p) and p >= 0 for p in parts) or sum(parts) <= 0:
         raise OptionsError(
             f"--split {text!r}: give three non-negative fractions train,val,test, e.g. 0.7,0.15,0.15"
         )

@@ -13,11 +13,12 @@ from pydantic import Field
 from cxraug.data.prepared import PreparedDataset
 from cxraug.data.resolve import open_dataset
 from cxraug.errors import OptionsError
-from cxraug.evaluation.engine import EvalRequest, run_evaluation
+from cxraug.evaluation.engine import EvalRequest, image_files, run_evaluation
 from cxraug.evaluation.report import write_reports
 from cxraug.interfaces import DistContext
 from cxraug.options import resolve_options
-from cxraug.settings import Settings
+from cxraug.settings import MAX_IMAGES, Settings
+from cxraug.training.checkpoint import not_a_torch_file
 from cxraug.training.classifier_run import ClassifierRun
 from cxraug.training.gan_run import MAX_SEED, GanRun
 from cxraug.training.lifecycle import Job
@@ -46,7 +47,7 @@ class EvaluateSettings(Settings):
     data: str | None = None
     split: Split = "test"
     real_split: Split = "train"
-    n: int | None = Field(None, ge=1)
+    n: int | None = Field(None, ge=1, le=MAX_IMAGES)
     truncation: float = Field(1.0, gt=0, le=2, allow_inf_nan=False)
     mode: Literal["clean", "legacy_pytorch", "legacy_tensorflow"] | None = None
     inception_weights: str | None = None
@@ -55,6 +56,22 @@ class EvaluateSettings(Settings):
     out: str | None = None
     #: Options per metric plugin (``[metric.NAME]`` tables and ``--opt NAME.KEY=VALUE``).
     metric_options: dict[str, dict[str, Any]] = {}
+
+
+def check_inception_weights(value: str | None) -> None:
+    """``--inception-weights`` (or its environment variable) names a file torch can read, or nothing;
+    checked before any image is generated."""
+    if value is None:
+        return
+    path = Path(value)
+    if not path.is_file():
+        raise OptionsError(f"--inception-weights {value}: no such file")
+    problem = not_a_torch_file(path)
+    if problem is not None:
+        raise OptionsError(
+            f"--inception-weights {value}: {problem}; give clean-fid's Inception weights (TorchScript) "
+            "or pytorch-fid's state dict"
+        )
 
 
 class EvaluationRecord(RunRecord[EvaluateSettings]):
@@ -88,8 +105,9 @@ class EvaluateJob(Job[EvaluateSettings, EvaluationRun]):
         chosen += [m for m in s.metric if m not in chosen]
         if s.gan is not None and s.generated is not None:
             raise OptionsError("give --gan or --generated, not both")
-        if s.inception_weights is not None and not Path(s.inception_weights).is_file():
-            raise OptionsError(f"--inception-weights {s.inception_weights}: no such file")
+        check_inception_weights(s.inception_weights)
+        if s.generated is not None:
+            image_files(Path(s.generated))  # refused before a report folder is made
         gan_runs, clf_runs = GanRun.all(ws), ClassifierRun.all(ws)
         if not chosen:  # everything the workspace can answer
             if s.generated is not None or s.gan is not None or gan_runs:

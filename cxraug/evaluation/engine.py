@@ -57,10 +57,11 @@ class EvalRequest:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def read_image_folder(folder: Path, size: int) -> tuple[np.ndarray, list[str | None]]:
-    """Images under ``folder`` (class sub-folders give labels) as (N, size, size) uint8."""
+def image_files(folder: Path) -> list[Path]:
+    """The image files of a ``--generated`` folder; an error naming it when it holds none."""
     if not folder.is_dir():
-        raise DataError(f"--generated {folder}: no such folder")
+        what = "a file, not a folder" if folder.exists() else "no such folder"
+        raise DataError(f"--generated {folder}: {what}")
     files = sorted(
         p
         for p in folder.rglob("*")
@@ -70,6 +71,12 @@ def read_image_folder(folder: Path, size: int) -> tuple[np.ndarray, list[str | N
         raise DataError(
             f"--generated {folder}: no images found (expected PNG/JPEG files, optionally in class folders)"
         )
+    return files
+
+
+def read_image_folder(folder: Path, size: int) -> tuple[np.ndarray, list[str | None]]:
+    """Images under ``folder`` (class sub-folders give labels) as (N, size, size) uint8."""
+    files = image_files(folder)
     images, labels = [], []
     for path in files:
         try:

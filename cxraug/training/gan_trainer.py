@@ -59,6 +59,19 @@ def gan_units(cls: type[GAN], config: GanSettings) -> list[str]:
     return list(config.classes)
 
 
+def check_spec_for(cls: type[GAN], config: GanSettings) -> GANSpec:
+    """The spec a unit of this run would get (its labels; device and seed do not matter here)."""
+    labels = list(config.classes) if cls.conditional else list(config.classes)[:1] or ["all"]
+    return GANSpec(image_size=int(config.size or 0), labels=labels, batch_size=config.batch_size)
+
+
+def _check_transfer(path: Path, arch: str) -> None:
+    """A --transfer file must be a cxraug checkpoint of the same architecture (checked up front)."""
+    state = safe_load(path)
+    if state.get("arch") != arch:
+        raise DataError(f"--transfer {path}: a {state.get('arch')!r} checkpoint cannot start a {arch!r} run")
+
+
 def load_images(dataset: PreparedDataset, classes: list[str], size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Training images of ``classes`` as uint8 (N, 1, size, size) and label indices into ``classes``."""
     idx = dataset.indices("train", classes)
@@ -429,7 +442,17 @@ class GanJob(Job[GanSettings, GanRun]):
             update["kimg"] = cls.default_kimg
         if settings.transfer and not Path(settings.transfer).exists():
             update["transfer"] = str(GanRun.resolve(self.ws, settings.transfer).path)
-        return GanSettings.model_validate({**settings.model_dump(), **update})
+        resolved = GanSettings.model_validate({**settings.model_dump(), **update})
+        # what the GAN would refuse when training starts (a size that is not a power of two, an
+        # option that does not fit that size) is refused now, and by --dry-run too
+        try:
+            cls.check_spec(options, check_spec_for(cls, resolved))
+        except OptionsError as exc:
+            where = "given by --size" if settings.size else f"that of dataset {dataset.name!r}"
+            raise OptionsError(f"{exc} (the image size {resolved.size} is {where})") from None
+        if resolved.transfer and Path(resolved.transfer).is_file():
+            _check_transfer(Path(resolved.transfer), str(resolved.arch))
+        return resolved
 
     def dataset(self, settings: GanSettings) -> PreparedDataset:
         return self.open(settings.data)

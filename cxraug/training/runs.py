@@ -21,7 +21,7 @@ from cxraug.data.prepared import PreparedDataset
 from cxraug.errors import DataError
 from cxraug.fileio import atomic_write, ensure_writable
 from cxraug.runlock import RunLock
-from cxraug.settings import Settings
+from cxraug.settings import Settings, describe_file_error
 from cxraug.workspace import Workspace
 
 OPTIONS_FILE = "options.json"
@@ -51,7 +51,7 @@ RESUMABLE = frozenset({RunStatus.RUNNING, RunStatus.INTERRUPTED})
 class DataRef(BaseModel):
     """The prepared data a run used, with a fingerprint of the rows it used."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid")
 
     name: str
     path: str
@@ -78,9 +78,13 @@ SettingsT = TypeVar("SettingsT", bound=Settings)
 
 
 class RunRecord(BaseModel, Generic[SettingsT]):
-    """``options.json``: what a run was asked to do and where it stands."""
+    """``options.json``: what a run was asked to do and where it stands.
 
-    model_config = ConfigDict(extra="allow")
+    Unknown keys are refused like unknown settings: a hand-edited or foreign record is named, not
+    half-understood.
+    """
+
+    model_config = ConfigDict(extra="forbid")
 
     kind: str
     arch: str = ""
@@ -188,10 +192,34 @@ class Run(Generic[RecordT]):
         return [r for _, r in sorted(found, key=lambda t: t[0])]
 
     @classmethod
+    def _damaged(cls, workspace: Workspace) -> list[tuple[Path, str]]:
+        """``options.json`` files under this kind's home that are not a JSON record, by folder name."""
+        base = cls.home(workspace)
+        out = []
+        for opt in sorted(base.glob(f"*/{OPTIONS_FILE}")) if base.is_dir() else []:
+            try:
+                raw = json.loads(opt.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                out.append((opt, f"not valid JSON ({str(exc).splitlines()[0] if str(exc) else exc!r})"))
+                continue
+            if not isinstance(raw, dict) or "kind" not in raw:
+                out.append((opt, "not a run record (no 'kind')"))
+        return out
+
+    @classmethod
     def resolve(cls: type[RunT], workspace: Workspace, ref: str | Path | None) -> RunT:
         """A run by path, by name under its home, or the latest one."""
         if ref is None:
             runs = cls.all(workspace)
+            damaged = cls._damaged(workspace)
+            # a newer folder whose record cannot be read would otherwise be passed over silently
+            # for an older run (or reported as "no runs")
+            if damaged and (not runs or damaged[-1][0].parent.name > runs[-1].path.name):
+                path, why = damaged[-1]
+                raise DataError(
+                    f"{path}: {why}, so the latest {cls.kind} run cannot be used; name a run "
+                    "explicitly, or move that folder out of the way"
+                )
             if not runs:
                 raise DataError(f"no {cls.kind} runs in {cls.home(workspace)}; run `{cls.make_hint}` first")
             return runs[-1]
@@ -245,11 +273,9 @@ class Run(Generic[RecordT]):
         try:
             return self.Record.model_validate(data)  # type: ignore[return-value]
         except ValidationError as exc:
-            err = exc.errors()[0]
-            key = ".".join(str(p) for p in err["loc"])
             raise DataError(
-                f"{path}: {key}: {err['msg']} (got {err.get('input')!r}); the run was made by another "
-                "cxraug version or edited by hand"
+                f"{path}: {describe_file_error(exc)}; the run was made by another cxraug version or "
+                "edited by hand"
             ) from None
 
     def save(self) -> None:

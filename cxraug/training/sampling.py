@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -12,7 +13,7 @@ from pydantic import Field, model_validator
 from cxraug.devices import pick_device
 from cxraug.errors import DataError, OptionsError
 from cxraug.registry import Registry
-from cxraug.settings import Settings, parse_counts
+from cxraug.settings import MAX_IMAGES, Settings, parse_counts
 from cxraug.training.gan_run import MAX_SEED, GanRun
 from cxraug.training.generate import generate_images, generators_from
 from cxraug.workspace import Workspace
@@ -25,7 +26,7 @@ class GenerateSettings(Settings):
 
     run: str | None = None
     checkpoint: str | None = None
-    n: int = Field(100, ge=1)
+    n: int = Field(100, ge=1, le=MAX_IMAGES)
     label: str | None = None
     per_class: str | None = None
     truncation: float = Field(1.0, gt=0, le=2, allow_inf_nan=False)
@@ -41,6 +42,25 @@ class GenerateSettings(Settings):
         if self.label is not None and self.per_class is not None:
             raise ValueError("give --label or --per-class, not both")
         return self
+
+
+def _check_out(target: Path) -> None:
+    """The output folder must be one cxraug can write into (or create), before any image is made;
+    nothing is created here, so a command refused later leaves no empty folder behind."""
+    if target.exists() and not target.is_dir():
+        raise OptionsError(f"--out {target}: a file, not a folder; choose a folder for the images")
+    existing = target
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OptionsError(f"--out {target}: {existing} is a file, not a folder; choose another folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise OptionsError(
+            f"--out {target}: cannot write there ({exc.strerror or exc}); choose another folder"
+        ) from None
 
 
 @dataclass
@@ -76,6 +96,7 @@ def generate(workspace: Workspace, registry: Registry, s: GenerateSettings) -> G
         counts = {lb: base + (1 if i < extra else 0) for i, lb in enumerate(labels)}
     name += f"-s{s.seed}" + (f"-t{s.truncation:g}" if s.truncation != 1 else "")
     target = Path(s.out) if s.out else workspace.root / "generated" / name
+    _check_out(target)
     written = generate_images(
         gens, counts, target, seed=s.seed, truncation=s.truncation, batch_size=s.batch_size
     )

@@ -396,9 +396,10 @@ class PhantomOptions(PluginOptions):
         default=(COVID, NORMAL, PNEUMONIA),
         description=f"labels to draw, from: {', '.join(VOCABULARY)}",
     )
-    n_per_class: int = Field(default=200, ge=1, description="images drawn per class")
+    # bounded: every image is drawn in memory, and more than this is a typo, not a demo
+    n_per_class: int = Field(default=200, ge=1, le=100_000, description="images drawn per class")
     size: int = Field(default=64, ge=16, le=1024, description="image side in pixels")
-    seed: int = Field(default=0, ge=0, description="random seed; same seed, same images")
+    seed: int = Field(default=0, ge=0, le=2**32 - 1, description="random seed; same seed, same images")
     followup_fraction: float = Field(
         default=0.25,
         ge=0.0,

@@ -68,6 +68,10 @@ class ACGAN(GAN[ACGANOptions]):
     default_kimg: ClassVar[float] = 4.0
     Options: ClassVar[type[ACGANOptions]] = ACGANOptions
 
+    @classmethod
+    def check_spec(cls, options: ACGANOptions, spec: GANSpec) -> None:
+        _blocks.check_spec(spec, cls.name, conditional=True)
+
     def __init__(self, options: ACGANOptions | None, spec: GANSpec) -> None:
         super().__init__(options, spec)
         o = self.options

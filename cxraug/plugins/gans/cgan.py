@@ -111,6 +111,10 @@ class CGAN(GAN[CGANOptions]):
     default_kimg: ClassVar[float] = 4.0
     Options: ClassVar[type[CGANOptions]] = CGANOptions
 
+    @classmethod
+    def check_spec(cls, options: CGANOptions, spec: GANSpec) -> None:
+        _blocks.check_spec(spec, cls.name, conditional=True)
+
     def __init__(self, options: CGANOptions | None, spec: GANSpec) -> None:
         super().__init__(options, spec)
         o = self.options

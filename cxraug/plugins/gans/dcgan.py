@@ -49,6 +49,10 @@ class DCGAN(GAN[DCGANOptions]):
     default_kimg: ClassVar[float] = 2.0
     Options: ClassVar[type[DCGANOptions]] = DCGANOptions
 
+    @classmethod
+    def check_spec(cls, options: DCGANOptions, spec: GANSpec) -> None:
+        _blocks.check_spec(spec, cls.name, conditional=False)
+
     def __init__(self, options: DCGANOptions | None, spec: GANSpec) -> None:
         super().__init__(options, spec)
         o = self.options

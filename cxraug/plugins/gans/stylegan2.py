@@ -83,9 +83,9 @@ class StyleGAN2Options(PluginOptions):
         0.01, gt=0, le=1, description="Learning-rate multiplier of the mapping network."
     )
     channel_base: int = Field(
-        16384, ge=1, description="Feature maps at resolution r: min(channel_base // r, max)."
+        16384, ge=1, le=1 << 20, description="Feature maps at resolution r: min(channel_base // r, max)."
     )
-    channel_max: int = Field(512, ge=1, description="Upper bound on feature maps per layer.")
+    channel_max: int = Field(512, ge=1, le=8192, description="Upper bound on feature maps per layer.")
     g_lr: float = Field(0.0025, gt=0, le=1, description="Generator Adam learning rate.")
     d_lr: float = Field(0.0025, gt=0, le=1, description="Discriminator Adam learning rate.")
     r1_gamma: float | None = Field(
@@ -164,7 +164,7 @@ class StyleGAN2(GAN[StyleGAN2Options]):
     def __init__(self, options: StyleGAN2Options | None, spec: GANSpec) -> None:
         super().__init__(options, spec)
         o = self.options
-        self._check_spec(spec)
+        self.check_spec(o, spec)
         self.device = torch.device(spec.device)
         size = spec.image_size
         self.c_dim = spec.num_classes if spec.num_classes > 1 else 0
@@ -223,8 +223,9 @@ class StyleGAN2(GAN[StyleGAN2Options]):
 
     # ------------------------------------------------------------------------------ construction
 
-    def _check_spec(self, spec: GANSpec) -> None:
-        o = self.options
+    @classmethod
+    def check_spec(cls, options: StyleGAN2Options, spec: GANSpec) -> None:
+        o = options
         size = spec.image_size
         if not (MIN_SIZE <= size <= MAX_SIZE and size & (size - 1) == 0):
             valid = ", ".join(str(2**i) for i in range(5, 10))

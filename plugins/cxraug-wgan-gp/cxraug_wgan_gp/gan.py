@@ -71,9 +71,9 @@ class WGANGP(GAN[WGANGPOptions]):
     default_kimg: ClassVar[float] = 2.0
     Options: ClassVar[type[WGANGPOptions]] = WGANGPOptions
 
-    def __init__(self, options: WGANGPOptions | None, spec: GANSpec) -> None:
-        super().__init__(options, spec)
-        o = self.options
+    @classmethod
+    def check_spec(cls, options: WGANGPOptions, spec: GANSpec) -> None:
+        # called by cxraug before a run starts (and by --dry-run), and by __init__ below
         size = spec.image_size
         if not (MIN_SIZE <= size <= MAX_SIZE and size & (size - 1) == 0):
             raise OptionsError(
@@ -82,6 +82,12 @@ class WGANGP(GAN[WGANGPOptions]):
             )
         if spec.num_classes < 1:
             raise OptionsError("GAN 'wgan-gp' is conditional and needs at least one label")
+
+    def __init__(self, options: WGANGPOptions | None, spec: GANSpec) -> None:
+        super().__init__(options, spec)
+        o = self.options
+        self.check_spec(o, spec)
+        size = spec.image_size
         self.device = torch.device(spec.device)
         n = spec.num_classes
         self.G = Generator(o.nz, n, o.embed_dim, o.ngf, size, spec.channels).to(self.device)
