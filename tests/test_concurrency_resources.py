@@ -481,7 +481,7 @@ def test_read_only_workspace_is_one_line_naming_the_folder(read_only: Path, args
     result = _cli(read_only)(*args)
     assert result.exit_code == 2, result.output
     line = _error_line(result.output)
-    assert str(read_only) in line and ("read-only" in line or "not writable" in line), line
+    assert str(read_only) in line and ("read-only" in line.lower() or "not writable" in line), line
 
 
 def test_only_refusals_a_user_can_fix_lose_their_traceback(capsys: pytest.CaptureFixture[str]) -> None:

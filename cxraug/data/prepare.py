@@ -120,10 +120,6 @@ def _collect(sources: list[Source], settings: PrepareSettings) -> tuple[list[Rec
     notes: list[str] = []
     for source in sources:
         adapter = source.adapter
-        if adapter.needs_root and source.root is None:
-            raise OptionsError(f"{adapter.name} needs --root pointing at the downloaded dataset folder")
-        if source.root is not None and not source.root.exists():
-            raise DataError(f"--root {source.root}: no such file or folder")
         n_before = len(records)
         root = DatasetRoot(source.root) if source.root is not None else None
         for rec in adapter.records(source.root):
@@ -197,6 +193,12 @@ def _decode_all(
 def prepare_dataset(workspace: Workspace, sources: list[Source], settings: PrepareSettings) -> PrepareResult:
     """Read, decode, deduplicate, split and write a prepared dataset; returns it and its report."""
     settings.validate()
+    for source in sources:  # before anything is written, even a lock file
+        name = source.adapter.name
+        if source.adapter.needs_root and source.root is None:
+            raise OptionsError(f"{name} needs --root pointing at the downloaded dataset folder")
+        if source.root is not None and not source.root.exists():
+            raise DataError(f"--root {source.root}: no such file or folder")
     workspace.writable_data_dir()
     # One writer per dataset name: a second prepare (or augment) of the name is refused, naming
     # the process at work, instead of both writing and one silently replacing the other.

@@ -130,8 +130,10 @@ class ImageFolderAdapter(DatasetAdapter[ImageFolderOptions]):
         if root is None:
             raise DataError("imagefolder needs --root: the folder holding the class folders")
         root = Path(root)
-        if not root.is_dir():
+        if not root.exists():
             raise DataError(f"{root}: dataset root does not exist; pass --root pointing at it")
+        if not root.is_dir():
+            raise DataError(f"--root {root}: not a folder; pass the folder that holds one folder per class")
         dataset = DatasetRoot(root)
         base = self._find_base(root)
         # A folder linked from outside the root is not walked at all (its files are not listed).
