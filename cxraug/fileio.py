@@ -127,6 +127,17 @@ def remove_orphan_temps(folder: Path, *, recursive: bool = True) -> list[Path]:
     return sorted(removed)
 
 
+#: Set to 1 / true / yes to make every download refuse (clusters without internet, test suites).
+OFFLINE_ENV = "CXRAUG_OFFLINE"
+
+
+def check_online(url: str) -> None:
+    """OSError (which every download site reports in one line) when $CXRAUG_OFFLINE forbids ``url``."""
+    value = os.environ.get(OFFLINE_ENV, "").strip().lower()
+    if value in ("1", "true", "yes"):
+        raise OSError(f"downloads are turned off (${OFFLINE_ENV}={value}); not fetching {url}")
+
+
 def file_sha256(path: Path) -> str:
     """sha256 of a file's bytes, read in 1 MiB chunks."""
     digest = hashlib.sha256()

@@ -13,6 +13,13 @@ def _no_third_party_plugins(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CXRAUG_DISABLE_PLUGINS", "1")
 
 
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests never download (even on a machine with internet) and never see the user's caches."""
+    monkeypatch.setenv("CXRAUG_OFFLINE", "1")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

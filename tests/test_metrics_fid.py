@@ -238,3 +238,28 @@ def test_local_torchscript_weights_are_called_like_cleanfid(
     assert feats.shape == (3, 2048)
     with pytest.raises(CxrError, match="legacy_tensorflow"):
         F.inception_extractor(path, "cpu", "legacy_tensorflow")
+
+
+def test_offline_switch_refuses_every_download(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """$CXRAUG_OFFLINE (set for the whole suite) stops each download before any network use."""
+    import urllib.request
+
+    from torchvision.models import AlexNet_Weights
+
+    from cxraug.metrics.features import cached_inception
+    from cxraug.plugins.classifiers._common import download_imagenet
+    from cxraug.plugins.datasets.medmnist import download
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the network was used")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("CXRAUG_OFFLINE", "1")
+    with pytest.raises(CxrError, match="downloads are turned off"):
+        cached_inception()
+    with pytest.raises(CxrError, match="downloads are turned off"):
+        download_imagenet(AlexNet_Weights.IMAGENET1K_V1, "alexnet")
+    with pytest.raises(OSError, match="downloads are turned off"):
+        download("https://zenodo.org/x.npz", tmp_path / "x.npz")
+    assert not (tmp_path / "x.npz").exists()

@@ -295,6 +295,7 @@ def _download_verified(url: str, dest: Path, sha256: str) -> None:
     import tempfile
     import urllib.request
 
+    fileio.check_online(url)
     dest.parent.mkdir(parents=True, exist_ok=True)
     log.info("downloading %s to %s", url, dest)
     handle, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
@@ -334,11 +335,13 @@ def _cleanfid_download(mode: str, device: str | torch.device) -> FeatureExtracto
 
     if mode != "legacy_pytorch":
         raise ValueError(f"mode {mode}: its Inception weights come from cached_inception()")
+    hub_file = Path(torch.hub.get_dir()) / "checkpoints" / PYTORCH_FID_FILE
     try:
+        if not hub_file.is_file():
+            fileio.check_online(PYTORCH_FID_URL)
         fn = cf_features.build_feature_extractor(mode, device=torch.device(device), use_dataparallel=False)
     except (OSError, RuntimeError, ValueError) as exc:  # URLError is an OSError; a partial file, RuntimeError
         raise _download_error(mode, exc) from exc
-    hub_file = Path(torch.hub.get_dir()) / "checkpoints" / PYTORCH_FID_FILE
     sha = file_sha256(hub_file) if hub_file.is_file() else PYTORCH_FID_FILE
     return CallableExtractor(fn, "inception-v3-pytorch-fid", f"pytorch-fid-inception:sha256={sha}")
 

@@ -20,6 +20,7 @@ from torch import nn
 from torchvision.models import WeightsEnum
 
 from cxraug.errors import CxrError, OptionsError
+from cxraug.fileio import check_online
 from cxraug.interfaces import Classifier, O, PluginOptions
 
 log = logging.getLogger(__name__)
@@ -153,6 +154,8 @@ def download_imagenet(weights: WeightsEnum, plugin: str) -> dict[str, torch.Tens
     """The ImageNet state_dict from the hub cache, downloading it when missing; CxrError when offline."""
     cached = cached_weights_path(weights)
     try:
+        if not cached.is_file():
+            check_online(weights.url)
         state = weights.get_state_dict(progress=True, check_hash=True)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0]

@@ -18,6 +18,7 @@ from pydantic import Field
 from cxraug import hookimpl
 from cxraug.data.paths import DatasetRoot
 from cxraug.errors import DataError
+from cxraug.fileio import check_online
 from cxraug.hookspecs import Register
 from cxraug.interfaces import DatasetAdapter, PluginOptions, Record
 from cxraug.labels import NORMAL, PNEUMONIA
@@ -77,6 +78,7 @@ def download(url: str, dest: Path) -> None:
 
     from cxraug.ui import console
 
+    check_online(url)
     dest.parent.mkdir(parents=True, exist_ok=True)
     handle, partial = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     try:
