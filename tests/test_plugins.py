@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -555,6 +556,16 @@ def test_real_ctrl_c_while_loading_plugins_still_stops(site: Path, source: str) 
     with pytest.raises(KeyboardInterrupt):
         get_plugin_manager()
     assert signal.getsignal(signal.SIGINT) is before, "the SIGINT handler is restored"
+    # The console script stops there too, in one line and with Ctrl-C's exit code.
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), *sys.path])}
+    env.pop("CXRAUG_DISABLE_PLUGINS", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cxraug", "plugins", "list"], env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 130, proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr and "interrupted" in proc.stdout + proc.stderr
 
 
 HALFWAY_METRIC = """

@@ -126,3 +126,6 @@ def main(argv: list[str] | None = None) -> None:
     except CxrError as exc:  # plugin-added commands that skip handle_errors still get a clean error
         console.print(f"[bold red]Error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C before a command runs (e.g. while plugins load): no traceback
+        console.print("interrupted", highlight=False)
+        sys.exit(130)
