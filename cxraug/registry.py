@@ -71,9 +71,9 @@ class Registry:
         try:
             name = getattr(cls, "name", None)
             label = name if isinstance(name, str) else getattr(cls, "__name__", None)
-            label = label if isinstance(label, str) else _short_repr(cls)
+            label = label if isinstance(label, str) else short_repr(cls)
         except Exception:  # a plugin object whose attributes raise: listed, never fatal
-            name, label = None, _short_repr(cls)
+            name, label = None, short_repr(cls)
         entry = PluginEntry(kind=kind, name=label, package=package, version=version, plugin=plugin)
         base = INTERFACES[kind]
         if not (isinstance(cls, type) and issubclass(cls, base)):
@@ -217,7 +217,7 @@ def registration_problem(kind: str, cls: object) -> str | None:
     return _contract_problem(kind, cls)
 
 
-def _short_repr(obj: object) -> str:
+def short_repr(obj: object) -> str:
     try:
         text = repr(obj)
     except Exception:  # a repr that raises must not hide the real reason
@@ -237,7 +237,7 @@ def _not_a_class(kind: str, cls: object) -> str:
         return f"class {cls.__name__} is not a subclass of cxraug.interfaces.{base.__name__}"
     if isinstance(cls, base):
         return f"registered an instance of {type(cls).__name__}; register the class itself"
-    return f"registered {_short_repr(cls)}, not a {base.__name__} class"
+    return f"registered {short_repr(cls)}, not a {base.__name__} class"
 
 
 def _contract_problem(kind: str, cls: type[Plugin]) -> str | None:
@@ -254,7 +254,7 @@ def _contract_problem(kind: str, cls: type[Plugin]) -> str | None:
     options = getattr(cls, "Options", None)
     if not (isinstance(options, type) and issubclass(options, BaseModel)):
         return (
-            f"{cls.__name__}.Options is {_short_repr(options)}, not a pydantic model; make it a "
+            f"{cls.__name__}.Options is {short_repr(options)}, not a pydantic model; make it a "
             "subclass of cxraug.interfaces.PluginOptions"
         )
     if options.model_config.get("extra") != "forbid":

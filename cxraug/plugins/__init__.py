@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import pluggy
 
 from cxraug import __version__, hookspecs
-from cxraug.registry import PluginEntry, Registry
+from cxraug.registry import PluginEntry, Registry, short_repr
 
 log = logging.getLogger(__name__)
 
@@ -225,17 +225,9 @@ def _check_hooks(pm: PluginManager, plugin: Any) -> None:
     if not found:
         raise pluggy.PluginValidationError(
             plugin,
-            f"{_short_repr(plugin)} has no cxraug hook implementations (functions decorated with "
+            f"{short_repr(plugin)} has no cxraug hook implementations (functions decorated with "
             "cxraug.hookimpl); the entry point should name the module that holds them",
         )
-
-
-def _short_repr(obj: Any) -> str:
-    try:
-        text = repr(obj)
-    except Exception:  # a repr that raises must not hide the real reason
-        text = f"<{type(obj).__name__} object>"
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def get_plugin_manager(
@@ -373,7 +365,7 @@ def _register_from(
             registry.problems.append(
                 PluginEntry(
                     kind=kind,
-                    name=_short_repr(cls),
+                    name=short_repr(cls),
                     package=dist.name,
                     version=dist.version,
                     status="error",
