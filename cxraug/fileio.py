@@ -230,8 +230,10 @@ def ensure_writable(folder: Path, what: str = "folder") -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        if exc.errno not in ENVIRONMENT_ERRNOS or exc.errno in _DISK_FULL:
+        if exc.errno in _DISK_FULL:
             raise  # a full disk is reported as such by the CLI, naming the path
+        # Any other refusal to make a folder is the place's doing (read-only, no permission, a file
+        # in the way, a pseudo file system such as /proc), not a bug.
         reason = (exc.strerror or "refused").lower()
         raise CxrError(
             f"{what} {folder} cannot be created ({reason}: {exc.filename}); use a writable --workspace "

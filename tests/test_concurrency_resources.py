@@ -592,3 +592,12 @@ def test_user_weights_are_used_but_a_non_published_file_is_warned_about(
     service = F.FeatureService(weights=path)
     service(np.zeros((2, 8, 8), np.uint8))
     assert service.warnings == [ext.warning]
+
+
+@pytest.mark.skipif(not Path("/proc/1").is_dir(), reason="needs Linux /proc")
+def test_a_workspace_where_no_folder_can_be_made_is_one_line() -> None:
+    """/proc/1 exists but refuses mkdir with ENOENT, an errno no other check expects."""
+    result = _cli(Path("/proc/1"))("data", "prepare", "phantom", "--size", "16", "--opt", "n_per_class=5")
+    assert result.exit_code == 2, result.output
+    line = _error_line(result.output)
+    assert "/proc/1/data" in line and "cannot be created" in line, line
