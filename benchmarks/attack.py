@@ -467,11 +467,10 @@ def attack_pickles(ws: Path, tally: Tally, scratch: Path) -> None:
         planted = ckpts[-1].with_name("ckpt-99999999.pt")
         shutil.copy(crafted_pickles(scratch)["zip-os-system"], planted)
         marker.unlink(missing_ok=True)
-        before = {
-            k: v
-            for k, v in tree_digest(owned(ws)).items()
-            if k != str(planted) and (k.endswith(".pt") or "/data/" in k)
-        }
+        # Units train in turn and keep their newest checkpoints (older ones rotate out by design),
+        # so what must survive is the planted unit's own checkpoints and every dataset.
+        keep = (str(planted.parent), str(ws / "data"))
+        before = {k: v for k, v in tree_digest(owned(ws)).items() if k != str(planted) and k.startswith(keep)}
         res = run("train-gan", "dcgan", "--resume", str(gan), "--kimg", "0.04")
         ran = marker.exists()
         tally.add(

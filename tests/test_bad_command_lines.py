@@ -220,6 +220,13 @@ CASES: list[Case] = [
     Case(
         "imagefolder no root", ["data", "prepare", "imagefolder", "--root", "/no/such/dir"], ["/no/such/dir"]
     ),
+    Case("dry-run: name taken", [*PREPARE, "--name", "tiny", DRY], ["'tiny' already exists", "--force"]),
+    Case("dry-run: covidx without root", ["data", "prepare", "covidx", DRY], ["covidx needs --root"]),
+    Case(
+        "dry-run: root missing",
+        ["data", "prepare", "covidx", "--root", "/no/such/dir", DRY],
+        ["/no/such/dir"],
+    ),
     Case("config missing", [*PREPARE, "--config", "/no/such.toml", DRY], ["--config"]),
     Case("config not toml", [*PREPARE, "--config", "/etc/passwd", DRY], ["/etc/passwd"]),
     Case(

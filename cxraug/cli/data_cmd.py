@@ -25,7 +25,7 @@ from cxraug.cli.common import (
     print_json,
     workspace_from,
 )
-from cxraug.data.prepare import PrepareResult, PrepareSettings, Source, prepare_dataset
+from cxraug.data.prepare import PrepareResult, PrepareSettings, Source, check_prepare, prepare_dataset
 from cxraug.data.prepare_command import PrepareCommand, build_sources, parse_sources, take_prepare_opts
 from cxraug.data.prepared import PreparedDataset, read_info
 from cxraug.data.resolve import open_dataset
@@ -144,6 +144,7 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
         settings = command.prepare_settings("-".join(a for a, _ in parsed))
         ws = workspace_from(workspace)
         if dry_run:
+            check_prepare(ws, built, settings)
             print_json(to_jsonable(_plan(ws, settings, built)))
             return
         _summary(prepare_dataset(ws, built, settings))

@@ -192,13 +192,7 @@ def _decode_all(
 
 def prepare_dataset(workspace: Workspace, sources: list[Source], settings: PrepareSettings) -> PrepareResult:
     """Read, decode, deduplicate, split and write a prepared dataset; returns it and its report."""
-    settings.validate()
-    for source in sources:  # before anything is written, even a lock file
-        name = source.adapter.name
-        if source.adapter.needs_root and source.root is None:
-            raise OptionsError(f"{name} needs --root pointing at the downloaded dataset folder")
-        if source.root is not None and not source.root.exists():
-            raise DataError(f"--root {source.root}: no such file or folder")
+    check_prepare(workspace, sources, settings)
     workspace.writable_data_dir()
     # One writer per dataset name: a second prepare (or augment) of the name is refused, naming
     # the process at work, instead of both writing and one silently replacing the other.
@@ -207,13 +201,30 @@ def prepare_dataset(workspace: Workspace, sources: list[Source], settings: Prepa
         return _prepare_locked(workspace, sources, settings)
 
 
-def _prepare_locked(workspace: Workspace, sources: list[Source], settings: PrepareSettings) -> PrepareResult:
+def check_prepare(workspace: Workspace, sources: list[Source], settings: PrepareSettings) -> None:
+    """What can be refused before anything is written (and in --dry-run): settings, roots, the name."""
+    settings.validate()
+    for source in sources:
+        name = source.adapter.name
+        if source.adapter.needs_root and source.root is None:
+            raise OptionsError(f"{name} needs --root pointing at the downloaded dataset folder")
+        if source.root is not None and not source.root.exists():
+            raise DataError(f"--root {source.root}: no such file or folder")
+    _check_name_free(workspace, settings)
+
+
+def _check_name_free(workspace: Workspace, settings: PrepareSettings) -> None:
     final_dir = workspace.dataset_dir(settings.name)
     if final_dir.exists() and not settings.force:
         raise DataError(
             f"dataset {settings.name!r} already exists at {final_dir}; pass --force to replace it "
             "or choose another --name"
         )
+
+
+def _prepare_locked(workspace: Workspace, sources: list[Source], settings: PrepareSettings) -> PrepareResult:
+    _check_name_free(workspace, settings)  # again under the lock: another writer may have finished
+    final_dir = workspace.dataset_dir(settings.name)
     records, collected = _collect(sources, settings)
     if not records:
         raise DataError(
