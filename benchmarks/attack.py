@@ -931,7 +931,7 @@ def attack_disk(ws: Path, tally: Tally, scratch: Path) -> None:
                     "--data",
                     "kept",
                     "--classic",
-                    "3000",
+                    "30000",
                     "--name",
                     "bigaug",
                 ],
