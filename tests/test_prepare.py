@@ -356,3 +356,28 @@ def test_images_above_the_pixel_limit_are_skipped_and_the_limit_recorded(tmp_pat
         )
     with pytest.raises(OptionsError, match="--max-pixels 0"):
         prepare_dataset(ws, [Source(ImageFolderAdapter(), root)], PrepareSettings(name="v", max_pixels=0))
+
+
+def test_similar_images_of_different_classes_are_not_conflicts(tmp_path: Path) -> None:
+    """Phantoms of different classes are similar enough to share a split (correlation up to 0.986)
+    but are different pictures: the demo keeps every image; a JPEG copy still conflicts."""
+    import io
+
+    from PIL import Image
+
+    from cxraug.plugins.datasets.phantom import PhantomAdapter
+
+    adapter = PhantomAdapter(PhantomAdapter.Options(n_per_class=200))
+    result = prepare_dataset(
+        Workspace(tmp_path / "ws"), [Source(adapter, None)], PrepareSettings(name="p", size=64)
+    )
+    assert result.report["conflicts"] == [] and len(result.dataset.rows) == 600
+
+    base = _img(1000, 64)
+    buf = io.BytesIO()
+    Image.fromarray(base).save(buf, "JPEG", quality=50)
+    jpeg = np.asarray(Image.open(buf))
+    records = [_rec(i, label=("covid", "normal")[i % 2]) for i in range(20)]
+    records += [_rec(100, image=base, label="normal"), _rec(101, image=jpeg, label="covid")]
+    ds, report = _prepare(Workspace(tmp_path / "jpeg"), records)
+    assert {m["original"] for g in report["conflicts"] for m in g["members"]} == {"listed:100", "listed:101"}

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from cxraug import __version__
-from cxraug.data.dedup import UnionFind, leakage_groups, near_duplicates
+from cxraug.data.dedup import SAME_PICTURE_CORRELATION, UnionFind, leakage_groups, near_duplicates
 from cxraug.data.paths import DatasetRoot
 from cxraug.data.prepared import FORMAT_VERSION, PreparedDataset, swap_in, write_manifest
 from cxraug.data.splits import HELD_OUT_RANK, SPLITS, assign_splits
@@ -279,14 +279,21 @@ def _prepare_into(
         np.array([phashes[i] for i in reps], dtype=np.uint64),
         lambda k: np.asarray(scratch[reps[k]]),  # noqa: F821 (del below)
     )
-    joined = UnionFind(len(reps))
-    for a, b, _ in near:
+    joined, same_picture = UnionFind(len(reps)), UnionFind(len(reps))
+    for a, b, corr in near:
         joined.union(a, b)
-    dup_groups = [
-        sorted(i for k in members for i in by_digest[digests[reps[k]]])
-        for members in joined.groups().values()
-    ]
-    conflicts, dropped = _resolve_conflicts(dup_groups, records, digests, settings.conflicts)
+        if corr >= SAME_PICTURE_CORRELATION:
+            same_picture.union(a, b)
+
+    def expand(groups: dict[int, list[int]]) -> list[list[int]]:
+        return [sorted(i for k in grp for i in by_digest[digests[reps[k]]]) for grp in groups.values()]
+
+    dup_groups = expand(joined.groups())
+    # Labels conflict only between copies of one picture (identical, or re-encoded / re-exposed):
+    # merely similar images, which the looser grouping above keeps in one split, keep their labels.
+    conflicts, dropped = _resolve_conflicts(
+        expand(same_picture.groups()), records, digests, settings.conflicts
+    )
 
     # Exact duplicates: keep one copy (conflicting copies are already resolved above).
     exact_pairs = 0
@@ -470,7 +477,6 @@ def _resolve_conflicts(
             }
             for i in group
         ]
-        listing = ", ".join(f"{m['original']} ({m['label']})" for m in members)
         first = records[group[0]]
         if policy == "keep-first":
             action = f"kept {first.original} ({first.label}), the first copy, and copies with its label"
@@ -482,10 +488,11 @@ def _resolve_conflicts(
                     )
         else:
             action = "dropped every copy"
+            # The listing is capped: a reason per member naming every member grows with its square.
+            listing = ", ".join(f"{m['original']} ({m['label']})" for m in members[:5])
+            more = f" and {len(members) - 5} more (see the report)" if len(members) > 5 else ""
             for i in group:
-                dropped[i] = (
-                    f"identical or near-identical images carry conflicting labels {labels}: {listing}"
-                )
+                dropped[i] = f"copies of one picture carry conflicting labels {labels}: {listing}{more}"
         found.append({"labels": labels, "action": action, "members": members})
     if found and policy == "error":
         example = ", ".join(f"{m['original']} ({m['label']})" for m in found[0]["members"])
