@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, cast, get_args, get_origin
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from cxraug.settings import refuse_bool_numbers
 
 if TYPE_CHECKING:
     import torch
@@ -36,6 +38,8 @@ class PluginOptions(BaseModel):
     number may be nan or inf (``ge=0`` alone lets ``r1_gamma=inf`` through, which trains NaNs)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    _no_bool_numbers = field_validator("*", mode="before")(classmethod(refuse_bool_numbers))
 
 
 class NoOptions(PluginOptions):

@@ -66,6 +66,17 @@ def load_config(path: Path | None) -> dict[str, Any]:
                 f"{', '.join(KINDS)} (e.g. [gan.stylegan2]) or a command table "
                 f"({', '.join(sorted(COMMAND_SECTIONS))})"
             )
+    for kind in KINDS:
+        for name, table in data.get(kind, {}).items():
+            if not isinstance(table, dict):
+                raise OptionsError(
+                    f"{path}: {kind}.{name} = {table!r}: plugin options go in a table, e.g. "
+                    f"[{kind}.{name}] with one KEY = VALUE per line"
+                )
+    for section in COMMAND_SECTIONS:
+        arch = data.get(section, {}).get("arch")
+        if arch is not None and not isinstance(arch, str):
+            raise OptionsError(f"{path}: [{section}] arch = {arch!r}: give one plugin name as a string")
     data["__path__"] = str(path)
     return data
 

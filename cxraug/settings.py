@@ -8,11 +8,13 @@ expected. Resuming a run compares the settings a user gave again with the record
 
 from __future__ import annotations
 
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Generic, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, ValidationInfo, field_validator
 
 from cxraug.errors import OptionsError
 
@@ -38,11 +40,31 @@ NameList = Annotated[list[str], BeforeValidator(split_list)]
 MAX_IMAGES = 1_000_000
 
 
+def _numeric_only(annotation: Any) -> bool:
+    """int or float (or an optional one), where True/False would silently become 1/0."""
+    if annotation in (int, float):
+        return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return bool(args) and all(a in (int, float) for a in args)
+    return False
+
+
+def refuse_bool_numbers(cls: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
+    """A ``field_validator("*", mode="before")`` body: ``lr_g = true`` is an error, not 1.0."""
+    field = cls.model_fields.get(info.field_name or "")
+    if isinstance(value, bool) and field is not None and _numeric_only(field.annotation):
+        raise ValueError(f"expected a number, not {str(value).lower()}")
+    return value
+
+
 class Settings(BaseModel):
     """Base of every command's settings; unknown keys are an error, and so is nan or inf in any
     number (``--lr nan`` would train a network of NaNs without a word)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    _no_bool_numbers = field_validator("*", mode="before")(classmethod(refuse_bool_numbers))
 
     #: The ``--config`` table that holds this command's values (e.g. ``train-gan``).
     section: ClassVar[str] = ""

@@ -23,12 +23,18 @@ DEMO_DATASET = "demo"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
+#: Longest dataset/run name: room for ".NAME.partial-PID@HOST" and "dataset-NAME.lock" in 255 bytes.
+MAX_NAME = 120
+
+
 def check_name(name: str, what: str = "--name") -> str:
     """A safe folder name: letters, digits, '.', '_' and '-', not starting with a dot."""
     if not _NAME.match(name):
         raise DataError(
             f"{what} {name!r}: use letters, digits, '.', '_' and '-' only (it becomes a folder name)"
         )
+    if len(name) > MAX_NAME:  # lock and work folders add to it; file systems stop at 255 bytes
+        raise DataError(f"{what} {name[:20]}...: {len(name)} characters; at most {MAX_NAME}")
     return name
 
 

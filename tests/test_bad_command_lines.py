@@ -254,6 +254,21 @@ CASES: list[Case] = [
         ["bogus", "c.toml"],
         extra={"config": "[prepare]\nbogus = 1\n"},
     ),
+    Case(
+        "config plugin value not a table",
+        [*PREPARE, "--config", "{tmp}/c.toml", DRY],
+        ["dataset.phantom = 3", "c.toml"],
+        extra={"config": "[dataset]\nphantom = 3\n"},
+    ),
+    Case(
+        "config arch a list",
+        ["train-gan", "--config", "{tmp}/c.toml", DRY],
+        ["arch", "c.toml"],
+        extra={"config": '[train-gan]\narch = ["dcgan"]\n'},
+    ),
+    Case("option true for a number", [*PREPARE, "--opt", "n_per_class=true", DRY], ["n_per_class"]),
+    Case("gan option true for a number", [*GAN, "--opt", "lr_g=true", DRY], ["lr_g", "not true"]),
+    Case("name too long", [*PREPARE, "--name", "a" * 300, DRY], ["--name", "at most"]),
     # ---- train-gan (dry-run: nothing trains)
     *_flag_cases(
         GAN,
