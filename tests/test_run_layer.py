@@ -283,3 +283,23 @@ def test_defaults_never_start_from_an_augmented_dataset(cxraug_cli, cxraug_works
     assert quick.exit_code == 0 and json.loads(quick.stdout)["config"]["data"] == "tiny"
     augmented = cxraug_cli("experiment", "--quick", "--dry-run", "--data", "tiny-aug-cla4-s0")
     _one_line_error(augmented, "made by `augment`")
+
+
+def test_default_run_is_the_newest_finished_one(cxraug_cli, cxraug_workspace, tiny, monkeypatch):
+    """A run killed half-way (still 'running') is not what evaluate/generate pick by default."""
+    import shutil
+
+    assert cxraug_cli(*CLF, "--epochs", "1").exit_code == 0
+    done = ClassifierRun.resolve(cxraug_workspace, None)
+    killed = done.path.with_name("99991231-000000-" + done.path.name.split("-", 2)[2])
+    shutil.copytree(done.path, killed)
+    ClassifierRun(killed).mark(RunStatus.RUNNING)
+    from cxraug.training import runs
+
+    said: list[str] = []
+    monkeypatch.setattr(runs.log, "warning", lambda msg, *args: said.append(msg % args))
+    assert ClassifierRun.resolve(cxraug_workspace, None).path == done.path
+    assert len(said) == 1 and "newest finished" in said[0] and killed.name in said[0]
+    assert ClassifierRun.resolve(cxraug_workspace, killed.name).path == killed  # named: used
+    shutil.rmtree(done.path)
+    assert ClassifierRun.resolve(cxraug_workspace, None).path == killed  # nothing finished: the newest

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import shutil
 import sys
 from enum import Enum
@@ -23,6 +24,8 @@ from cxraug.fileio import atomic_write, ensure_writable
 from cxraug.runlock import RunLock
 from cxraug.settings import Settings, describe_file_error
 from cxraug.workspace import Workspace
+
+log = logging.getLogger(__name__)
 
 OPTIONS_FILE = "options.json"
 
@@ -222,6 +225,20 @@ class Run(Generic[RecordT]):
                 )
             if not runs:
                 raise DataError(f"no {cls.kind} runs in {cls.home(workspace)}; run `{cls.make_hint}` first")
+            # The default is the newest run that finished: a run still training, killed half-way or
+            # failed is used only when named, and then it is said to be unfinished.
+            finished = [r for r in runs if r.status is RunStatus.FINISHED]
+            if finished:
+                if finished[-1] is not runs[-1]:
+                    log.warning(
+                        "using %s, the newest finished %s run (newer: %s, %s; name it to use it)",
+                        finished[-1].path.name,
+                        cls.kind,
+                        runs[-1].path.name,
+                        runs[-1].status.value,
+                    )
+                return finished[-1]
+            log.warning("%s run %s is %s, not finished", cls.kind, runs[-1].path.name, runs[-1].status.value)
             return runs[-1]
         for candidate in (Path(ref), cls.home(workspace) / str(ref)):
             if cls.is_run(candidate):
