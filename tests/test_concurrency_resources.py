@@ -533,9 +533,12 @@ def test_a_stray_inception_file_in_tmp_is_never_used(
     for i in range(6):
         Image.fromarray(ds.images[i]).save(gen / f"{i}.png")
     make_standin_inception(tmp_path / "stray.pt")
+    # An overlay on /tmp: everything there stays visible (this checkout and its venv may live under
+    # /tmp), and the stray file is written to the overlay's upper layer, never to the real /tmp.
     script = (
-        'set -e; mount --make-rprivate /; mount --bind "$KEEP" /mnt; mount -t tmpfs tmpfs /tmp; '
-        'mkdir -p "$KEEP"; mount --bind /mnt "$KEEP"; cp "$KEEP/stray.pt" /tmp/inception-2015-12-05.pt; '
+        "set -e; mount --make-rprivate /; mount -t tmpfs tmpfs /mnt; mkdir /mnt/up /mnt/work; "
+        "mount -t overlay overlay -o lowerdir=/tmp,upperdir=/mnt/up,workdir=/mnt/work /tmp; "
+        'cp "$KEEP/stray.pt" /tmp/inception-2015-12-05.pt; '
         'exec "$PYTHON" -m cxraug evaluate --fid --generated "$KEEP/gen"'
     )
     dead_proxy = "http://127.0.0.1:9"  # offline: nothing listens there
