@@ -77,10 +77,10 @@ def handle_errors(fn: F) -> F:
             console.print(f"[bold red]Error:[/] {escape(message)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            console.print(
-                "[yellow]Interrupted.[/] Training commands continue from their last checkpoint with "
-                "`--resume auto`."
-            )
+            # Training commands stop through TrainingInterruptedError with their own resume hint;
+            # the others leave nothing half-written (prepare and augment remove their partial
+            # folder; generate continues where it stopped when run again).
+            console.print("[yellow]Interrupted.[/]")
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
