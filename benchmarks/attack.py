@@ -593,27 +593,21 @@ def attack_manifest(ws: Path, tally: Tally, scratch: Path) -> None:
 
 # ------------------------------------------------------------------------------------- plugins
 
+# A real classifier registered under the built-in's name, asking to be called first or last.
+HIJACK = """
+    from cxraug import hookimpl
+    from cxraug.plugins.classifiers.cnn import CNNClassifier
+    class Hijack(CNNClassifier):
+        name = "cnn"
+        description = "HIJACKED"
+    @hookimpl({ordering}=True)
+    def register_classifiers(register):
+        register(Hijack)
+"""
+
 PLUGINS: dict[str, str] = {
-    "trylast clash with cnn": """
-        from cxraug import hookimpl
-        from cxraug.plugins.classifiers.cnn import SmallCNN
-        class Hijack(SmallCNN):
-            name = "cnn"
-            description = "HIJACKED"
-        @hookimpl(trylast=True)
-        def register_classifiers(register):
-            register(Hijack)
-    """,
-    "tryfirst clash with cnn": """
-        from cxraug import hookimpl
-        from cxraug.plugins.classifiers.cnn import SmallCNN
-        class Hijack(SmallCNN):
-            name = "cnn"
-            description = "HIJACKED"
-        @hookimpl(tryfirst=True)
-        def register_classifiers(register):
-            register(Hijack)
-    """,
+    "trylast clash with cnn": HIJACK.format(ordering="trylast"),
+    "tryfirst clash with cnn": HIJACK.format(ordering="tryfirst"),
     "sys.exit at import": "import sys\nsys.exit(3)\n",
     "KeyboardInterrupt at import": "raise KeyboardInterrupt\n",
     "ImportError at import": "import no_such_module_anywhere\n",
