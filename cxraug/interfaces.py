@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, cas
 import numpy as np
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from cxraug.labels import VOCABULARY
 from cxraug.settings import refuse_bool_numbers
 
 if TYPE_CHECKING:
@@ -114,6 +115,8 @@ class Record:
     (``train``/``val``/``test``) or None when the source defines none. ``refused`` says why a row
     is left out without reading its file (e.g. ``train.txt:12: '../x.png' points outside the
     dataset folder``); prepare lists it under skipped, and ``--strict`` makes it an error.
+    ``findings`` holds every label of an image the source files under several findings, in the
+    source's order (``label`` is then the first); prepare picks one by ``--multilabel``.
     """
 
     image: ImageSource
@@ -125,6 +128,7 @@ class Record:
     split: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
     refused: str | None = None
+    findings: tuple[str, ...] = ()
 
 
 class DatasetAdapter(Plugin[O], ABC):
@@ -146,6 +150,14 @@ class DatasetAdapter(Plugin[O], ABC):
     def notes(self) -> list[str]:
         """Facts for the prepare report (e.g. 'no patient ids in this source'); call after records()."""
         return []
+
+    def labels(self) -> tuple[str, ...]:
+        """Every label this adapter may yield, in its preferred order (default: the core vocabulary).
+
+        An adapter whose source has findings outside the core vocabulary (NIH's fourteen) declares
+        them here, as lower-case snake_case names, so ``--classes effusion,normal`` can name them.
+        """
+        return VOCABULARY
 
 
 # --------------------------------------------------------------------------------------------- GANs

@@ -65,7 +65,9 @@ def check_dataset_adapter(adapter: DatasetAdapter, root: Path | None) -> list[Re
     assert records, f"{adapter.name} yielded no records from {root}"
     for rec in records:
         assert isinstance(rec, Record), f"{adapter.name} yielded {type(rec).__name__}, not Record"
-        assert rec.label in VOCABULARY, f"{adapter.name}: label {rec.label!r} is not canonical"
+        assert rec.label in set(VOCABULARY) | set(adapter.labels()), (
+            f"{adapter.name}: label {rec.label!r} is neither canonical nor declared by labels()"
+        )
         assert rec.split in (None, "train", "val", "test"), f"{adapter.name}: split {rec.split!r}"
         assert rec.patient_id is None or isinstance(rec.patient_id, str), (
             f"{adapter.name}: patient ids must be strings, got {type(rec.patient_id).__name__}"

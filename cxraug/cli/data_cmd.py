@@ -25,7 +25,14 @@ from cxraug.cli.common import (
     print_json,
     workspace_from,
 )
-from cxraug.data.prepare import PrepareResult, PrepareSettings, Source, check_prepare, prepare_dataset
+from cxraug.data.prepare import (
+    PrepareResult,
+    PrepareSettings,
+    Source,
+    check_prepare,
+    declared_labels,
+    prepare_dataset,
+)
 from cxraug.data.prepare_command import PrepareCommand, build_sources, parse_sources, take_prepare_opts
 from cxraug.data.prepared import PreparedDataset, read_info
 from cxraug.data.resolve import open_dataset
@@ -105,6 +112,14 @@ MaxPixelsOpt = Annotated[
         "Also --opt max_pixels=N.",
     ),
 ]
+MultilabelOpt = Annotated[
+    str,
+    typer.Option(
+        "--multilabel",
+        help="An image with several findings (NIH, CheXpert, PadChest...): skip it, take the "
+        "first finding, or the one first in --classes (priority). Also --opt multilabel=...",
+    ),
+]
 
 
 def add_commands(app: typer.Typer, ctx: AppContext) -> None:
@@ -129,6 +144,7 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
         force: ForceOpt = False,
         conflicts: ConflictsOpt = "drop",
         max_pixels: MaxPixelsOpt = PrepareCommand.defaults()["max_pixels"],
+        multilabel: MultilabelOpt = "skip",
         opt: OptOpt = None,
         config: ConfigOpt = None,
         dry_run: DryRunOpt = False,
@@ -141,7 +157,7 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
         command = build_settings(PrepareCommand, flags=flags, config=cfg).settings
         parsed = parse_sources(sources, root)
         built = build_sources(ctx.registry, parsed, cfg, opts)
-        settings = command.prepare_settings("-".join(a for a, _ in parsed))
+        settings = command.prepare_settings("-".join(a for a, _ in parsed), declared_labels(built))
         ws = workspace_from(workspace)
         if dry_run:
             check_prepare(ws, built, settings)

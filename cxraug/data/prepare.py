@@ -34,7 +34,14 @@ from cxraug.imageio import (
     decode_source,
 )
 from cxraug.interfaces import DatasetAdapter, Record
-from cxraug.labels import VOCABULARY, check_label, sort_labels
+from cxraug.labels import (
+    MULTILABEL_POLICIES,
+    VOCABULARY,
+    check_label,
+    is_label_name,
+    resolve_findings,
+    sort_labels,
+)
 from cxraug.options import to_jsonable
 from cxraug.ui import progress_bar
 from cxraug.workspace import Workspace, check_name
@@ -71,17 +78,23 @@ class PrepareSettings:
     force: bool = False
     conflicts: str = "drop"
     max_pixels: int = DEFAULT_MAX_PIXELS
+    multilabel: str = "skip"
 
-    def validate(self) -> None:
+    def validate(self, allowed: tuple[str, ...] = ()) -> None:
+        """Check every setting; ``allowed`` adds the labels the sources' adapters declare."""
         check_name(self.name)
         if not 8 <= self.size <= 2048:
             raise OptionsError(f"--size {self.size}: choose a size between 8 and 2048 pixels")
         if self.resize not in RESIZE_MODES:
             raise OptionsError(f"--resize {self.resize!r}: choose one of {', '.join(RESIZE_MODES)}")
         for src, dst in self.label_map.items():
-            check_label(dst, f"--map {src}={dst}")
+            check_label(dst, f"--map {src}={dst}", allowed)
         for c in self.classes:
-            check_label(c, f"--classes {c}")
+            check_label(c, f"--classes {c}", allowed)
+        if self.multilabel not in MULTILABEL_POLICIES:
+            raise OptionsError(
+                f"--multilabel {self.multilabel!r}: choose one of {', '.join(MULTILABEL_POLICIES)}"
+            )
         if self.conflicts not in CONFLICT_POLICIES:
             raise OptionsError(
                 f"--conflicts {self.conflicts!r}: choose one of {', '.join(CONFLICT_POLICIES)}"
@@ -114,23 +127,57 @@ def _one_thread_per_worker() -> None:
     torch.set_num_threads(1)
 
 
+def declared_labels(sources: list[Source]) -> tuple[str, ...]:
+    """The labels the sources' adapters may yield beyond the core vocabulary, checked."""
+    extra: list[str] = []
+    for source in sources:
+        for label in source.adapter.labels():
+            if not isinstance(label, str) or not is_label_name(label):
+                raise DataError(
+                    f"dataset adapter {source.adapter.name!r} declares the label {label!r}; labels are "
+                    "lower-case snake_case names (a-z, 0-9, _), at most 40 characters"
+                )
+            if label not in VOCABULARY and label not in extra:
+                extra.append(label)
+    return tuple(extra)
+
+
 def _collect(sources: list[Source], settings: PrepareSettings) -> tuple[list[Record], dict]:
     records: list[Record] = []
     excluded: Counter[str] = Counter()
+    multilabel_skipped: Counter[str] = Counter()
+    multilabel_resolved = 0
     notes: list[str] = []
     for source in sources:
         adapter = source.adapter
         n_before = len(records)
         root = DatasetRoot(source.root) if source.root is not None else None
+        valid = set(VOCABULARY) | set(adapter.labels())
+        declared = tuple(adapter.labels())
         for rec in adapter.records(source.root):
-            label = settings.label_map.get(rec.label, rec.label)
-            if label not in VOCABULARY:
-                raise DataError(f"{adapter.name} produced unknown label {label!r} for {rec.original}")
+            findings = tuple(settings.label_map.get(f, f) for f in rec.findings)
+            for finding in findings or (settings.label_map.get(rec.label, rec.label),):
+                if finding not in valid:
+                    raise DataError(
+                        f"{adapter.name} produced unknown label {finding!r} for {rec.original} "
+                        "(an adapter yields its declared labels(); --map targets must be valid labels)"
+                    )
+            if len(set(findings)) > 1:
+                chosen = resolve_findings(findings, settings.multilabel, settings.classes, declared)
+                if chosen is None:
+                    multilabel_skipped[adapter.name] += 1
+                    continue
+                multilabel_resolved += 1
+                label = chosen
+            else:
+                label = settings.label_map.get(rec.label, rec.label)
             if settings.classes and label not in settings.classes:
                 excluded[label] += 1
                 continue
             if label != rec.label:
                 rec = dataclasses.replace(rec, label=label)
+            if findings:
+                rec = dataclasses.replace(rec, extra={**rec.extra, "findings": "|".join(findings)})
             if root is not None and rec.refused is None and not isinstance(rec.image, np.ndarray):
                 # Whatever the adapter, no file outside --root is read (adapters check too, with
                 # the label file's line; this catches a third-party adapter that does not).
@@ -141,7 +188,13 @@ def _collect(sources: list[Source], settings: PrepareSettings) -> tuple[list[Rec
         notes.extend(f"{adapter.name}: {note}" for note in adapter.notes())
         if len(records) == n_before:
             log.warning("%s yielded no images under %s", adapter.name, source.root)
-    return records, {"excluded_by_class": dict(excluded), "notes": notes}
+    multilabel = {
+        "policy": settings.multilabel,
+        "skipped": sum(multilabel_skipped.values()),
+        "skipped_by_source": dict(multilabel_skipped),
+        "resolved": multilabel_resolved,
+    }
+    return records, {"excluded_by_class": dict(excluded), "notes": notes, "multilabel": multilabel}
 
 
 def _decode_all(
@@ -203,7 +256,7 @@ def prepare_dataset(workspace: Workspace, sources: list[Source], settings: Prepa
 
 def check_prepare(workspace: Workspace, sources: list[Source], settings: PrepareSettings) -> None:
     """What can be refused before anything is written (and in --dry-run): settings, roots, the name."""
-    settings.validate()
+    settings.validate(declared_labels(sources))
     for source in sources:
         name = source.adapter.name
         if source.adapter.needs_root and source.root is None:
@@ -387,6 +440,7 @@ def _prepare_into(
         "near_duplicate_pairs": near_report,
         "conflicts": conflicts,
         "excluded_by_class": collected["excluded_by_class"],
+        "multilabel": collected["multilabel"],
         "notes": collected["notes"],
         "split_method": (
             "official split of the source(s); rows without one by patient-level stratified ratios"
@@ -437,6 +491,7 @@ def _prepare_into(
                 "strict": settings.strict,
                 "conflicts": settings.conflicts,
                 "max_pixels": settings.max_pixels,
+                "multilabel": settings.multilabel,
             }
         ),
         "manifest_sha256": file_sha256(tmp_dir / "manifest.csv"),
@@ -530,6 +585,13 @@ def render_report(report: dict[str, Any], synthetic: bool) -> str:
     if report["excluded_by_class"]:
         lines += ["", "## Excluded by --classes", ""]
         lines += [f"- {k}: {v}" for k, v in report["excluded_by_class"].items()]
+    multi = report.get("multilabel") or {}
+    if multi.get("skipped") or multi.get("resolved"):
+        lines += ["", "## Images with several findings", ""]
+        lines.append(
+            f"- policy `--multilabel {multi['policy']}`: {multi['skipped']} skipped, "
+            f"{multi['resolved']} given one label"
+        )
     if report.get("conflicts"):
         lines += ["", "## Duplicates with conflicting labels", ""]
         for group in report["conflicts"]:

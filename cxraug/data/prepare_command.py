@@ -35,6 +35,7 @@ class PrepareCommand(Settings):
     force: bool = False
     conflicts: Literal["drop", "keep-first", "error"] = "drop"
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, le=MAX_PIXELS_CEILING)
+    multilabel: Literal["skip", "first", "priority"] = "skip"
 
     @field_validator("split")
     @classmethod
@@ -58,7 +59,8 @@ class PrepareCommand(Settings):
             out[src.strip()] = dst.strip()
         return out
 
-    def prepare_settings(self, default_name: str) -> PrepareSettings:
+    def prepare_settings(self, default_name: str, allowed: tuple[str, ...] = ()) -> PrepareSettings:
+        """The engine's settings; ``allowed`` are the labels the sources' adapters declare."""
         settings = PrepareSettings(
             name=self.name or default_name,
             size=self.size,
@@ -72,20 +74,22 @@ class PrepareCommand(Settings):
             force=self.force,
             conflicts=self.conflicts,
             max_pixels=self.max_pixels,
+            multilabel=self.multilabel,
         )
-        settings.validate()
+        settings.validate(allowed)
         return settings
 
 
 #: Settings of the prepare step itself that ``--opt`` also accepts, for every adapter alike.
-PREPARE_OPTS: tuple[str, ...] = ("conflicts", "max_pixels")
+PREPARE_OPTS: tuple[str, ...] = ("conflicts", "max_pixels", "multilabel")
 
 
 def take_prepare_opts(opts: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
-    """``--opt conflicts=...`` / ``--opt max_pixels=...``, validated, out of ``opts`` (left to adapters).
+    """``--opt conflicts=...`` / ``max_pixels=`` / ``multilabel=``, validated, out of ``opts``.
 
-    They are the flags ``--conflicts`` / ``--max-pixels`` spelled as options (so a command line
-    written for adapter options works too); a flag given as well with another value is an error.
+    They are the flags ``--conflicts`` / ``--max-pixels`` / ``--multilabel`` spelled as options
+    (so a command line written for adapter options works too); a flag given as well with another
+    value is an error.
     """
     taken: dict[str, Any] = {}
     for key in PREPARE_OPTS:
