@@ -13,7 +13,7 @@ import stat
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -164,14 +164,15 @@ def reserve_space(fd: int, nbytes: int, path: Path) -> None:
             os.posix_fallocate(fd, 0, nbytes)
         except OSError as exc:
             if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):  # no fallocate here: check the free space
-                _check_free(path, nbytes - os.fstat(fd).st_blocks * 512)
+                check_free(path, nbytes - os.fstat(fd).st_blocks * 512)
                 return
             raise OSError(exc.errno, exc.strerror, str(path)) from None
     else:  # pragma: no cover - macOS and Windows
-        _check_free(path, nbytes - os.fstat(fd).st_size)
+        check_free(path, nbytes - os.fstat(fd).st_size)
 
 
-def _check_free(path: Path, needed: int) -> None:
+def check_free(path: Path, needed: int) -> None:
+    """Raise OSError(ENOSPC) naming ``path`` when its disk has fewer than ``needed`` bytes free."""
     if needed > 0 and shutil.disk_usage(path.parent).free < needed:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
@@ -197,6 +198,36 @@ def open_npy_memmap(path: Path, shape: tuple[int, ...], dtype: Any = np.uint8) -
         path.unlink(missing_ok=True)
         raise
     return array
+
+
+def write_npy_rows(path: Path, shape: tuple[int, ...], rows: Iterable[np.ndarray]) -> None:
+    """A new uint8 ``.npy`` of ``shape`` written row by row (space reserved first).
+
+    Plain writes, not a mapping: the pages of a mapped output would count in the process's resident
+    memory until unmapped, so memory would grow with the dataset.
+    """
+    path = Path(path)
+    expected = int(np.prod(shape[1:], dtype=np.int64))
+    written = 0
+    try:
+        with open(path, "wb") as fh:
+            np.lib.format.write_array_header_1_0(
+                fh, {"descr": np.dtype(np.uint8).str, "fortran_order": False, "shape": tuple(shape)}
+            )
+            fh.flush()
+            reserve_space(fh.fileno(), fh.tell() + int(np.prod(shape, dtype=np.int64)), path)
+            for row in rows:
+                data = np.ascontiguousarray(row, dtype=np.uint8).tobytes()
+                if len(data) != expected:
+                    raise ValueError(f"{path}: row {written} has {len(data)} bytes, expected {expected}")
+                fh.write(data)
+                written += 1
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    if written != shape[0]:
+        path.unlink(missing_ok=True)
+        raise ValueError(f"{path}: {written} rows written, expected {shape[0]}")
 
 
 @contextlib.contextmanager

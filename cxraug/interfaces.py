@@ -106,7 +106,7 @@ def _bound_options(cls: type) -> type[PluginOptions] | None:
 ImageSource = Path | np.ndarray
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # one per image: 100k records must not cost a dict each
 class Record:
     """One image as a dataset adapter sees it, before decoding.
 

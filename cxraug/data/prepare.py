@@ -10,7 +10,7 @@ import logging
 import multiprocessing
 import os
 import shutil
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,12 +19,13 @@ from typing import Any
 import numpy as np
 
 from cxraug import __version__
+from cxraug.data.decode_cache import DecodeCache, Entry, cache_folder, source_key
 from cxraug.data.dedup import SAME_PICTURE_CORRELATION, UnionFind, leakage_groups, near_duplicates
 from cxraug.data.paths import DatasetRoot
 from cxraug.data.prepared import FORMAT_VERSION, PreparedDataset, swap_in, write_manifest
 from cxraug.data.splits import HELD_OUT_RANK, SPLITS, assign_splits
 from cxraug.errors import CxrError, DataError, OptionsError
-from cxraug.fileio import file_sha256, open_npy_memmap, work_folder_name, writing_into
+from cxraug.fileio import check_free, file_sha256, work_folder_name, write_npy_rows, writing_into
 from cxraug.imageio import (
     DEFAULT_MAX_PIXELS,
     MAX_PIXELS_CEILING,
@@ -120,6 +121,17 @@ def _decode_one(args: tuple[Any, int, str, int]) -> tuple[bool, Any, str, int]:
     return True, img, digest, phash
 
 
+def _decode_batch(batch: list[tuple[Any, int, str, int]]) -> list[tuple[bool, Any, str, int]]:
+    """Several images per task: one pickled round trip per batch, not per (small) image."""
+    return [_decode_one(args) for args in batch]
+
+
+#: Images per worker task, and tasks in flight per worker: enough to keep the workers busy, few
+#: enough that memory does not grow with the number of images (results are stored as they come).
+BATCH = 32
+IN_FLIGHT_PER_WORKER = 4
+
+
 def _one_thread_per_worker() -> None:
     """Decoding workers run side by side: torch's intra-op threads (in ``resize``) would only contend."""
     import torch
@@ -197,50 +209,95 @@ def _collect(sources: list[Source], settings: PrepareSettings) -> tuple[list[Rec
     return records, {"excluded_by_class": dict(excluded), "notes": notes, "multilabel": multilabel}
 
 
-def _decode_all(
-    records: list[Record], settings: PrepareSettings, out: np.ndarray
-) -> tuple[list[str], list[int], dict[int, str]]:
-    """Decode into ``out`` (rows aligned with records); returns sha256s, phashes, failures.
+@dataclass
+class Decoded:
+    """Every record's decoding outcome, aligned with the records: its row in the decode cache."""
 
-    Refused records (``Record.refused``) are failures without their file being opened.
+    rows: np.ndarray  # int64, -1 where the record failed
+    digests: list[str]
+    phashes: list[int]
+    failures: dict[int, str]
+    reused: int = 0
+
+
+def _decode_all(records: list[Record], settings: PrepareSettings, cache: DecodeCache, shown: Path) -> Decoded:
+    """Decode every record not already in ``cache`` (in worker processes), storing each as it comes.
+
+    Refused records (``Record.refused``) are failures without their file being opened; ``shown``
+    is the dataset folder a full disk is reported at.
     """
     n = len(records)
-    digests, phashes = [""] * n, [0] * n
-    failures: dict[int, str] = {i: r.refused for i, r in enumerate(records) if r.refused}
-    file_idx = [i for i, r in enumerate(records) if not isinstance(r.image, np.ndarray) and i not in failures]
-    array_idx = [i for i, r in enumerate(records) if isinstance(r.image, np.ndarray) and i not in failures]
-    workers = settings.workers or min(4, os.cpu_count() or 1)
+    out = Decoded(np.full(n, -1, dtype=np.int64), [""] * n, [0] * n, {})
 
-    def store(i: int, result: tuple[bool, Any, str, int]) -> None:
+    def store(i: int, entry: Entry) -> None:
+        if entry.error is None:
+            out.rows[i] = entry.row
+            out.digests[i], out.phashes[i] = entry.sha256, entry.phash
+        else:
+            out.failures[i] = entry.error
+
+    todo: list[tuple[int, str | None]] = []
+    for i, rec in enumerate(records):
+        if rec.refused:
+            out.failures[i] = rec.refused
+            continue
+        key = None if isinstance(rec.image, np.ndarray) else source_key(rec.image)
+        hit = cache.get(key)
+        if hit is None:
+            todo.append((i, key))
+        else:
+            store(i, hit)
+            out.reused += 1
+    workers = settings.workers or min(4, os.cpu_count() or 1)
+    # Room for the decoded rows still to come and the final images.npy, before an hour of decoding
+    # ends in "disk full" (the writes can still meet a full disk: that is an error too, not a crash).
+    check_free(shown, (len(todo) + n) * settings.size**2)
+
+    def args(i: int) -> tuple[Any, int, str, int]:
+        return (records[i].image, settings.size, settings.resize, settings.max_pixels)
+
+    def keep(i: int, key: str | None, result: tuple[bool, Any, str, int]) -> None:
         ok, payload, digest, phash = result
         if ok:
-            out[i] = payload
-            digests[i], phashes[i] = digest, phash
+            store(i, cache.add(key, payload, digest, phash, None))
         else:
-            failures[i] = payload
-
-    def jobs(idx: list[int]) -> Iterator[tuple[Any, int, str, int]]:
-        return ((records[i].image, settings.size, settings.resize, settings.max_pixels) for i in idx)
+            store(i, cache.add(key, None, "", 0, payload))
 
     with progress_bar() as progress:
-        task = progress.add_task(f"decoding {n} images", total=n, completed=len(failures))
-        for i, args in zip(array_idx, jobs(array_idx), strict=True):
-            store(i, _decode_one(args))
-            progress.advance(task)
-        if workers > 1 and len(file_idx) > 64:
+        task = progress.add_task(f"decoding {n} images", total=n, completed=n - len(todo))
+        files = [(i, key) for i, key in todo if not isinstance(records[i].image, np.ndarray)]
+        if workers > 1 and len(files) > 2 * BATCH:
+            arrays = [(i, key) for i, key in todo if isinstance(records[i].image, np.ndarray)]
+            for i, key in arrays:
+                keep(i, key, _decode_one(args(i)))
+                progress.advance(task)
+            batches = [files[k : k + BATCH] for k in range(0, len(files), BATCH)]
             ctx = multiprocessing.get_context("spawn")
             with cf.ProcessPoolExecutor(
                 max_workers=workers, mp_context=ctx, initializer=_one_thread_per_worker
             ) as pool:
-                results = pool.map(_decode_one, jobs(file_idx), chunksize=16)
-                for i, result in zip(file_idx, results, strict=True):
-                    store(i, result)
-                    progress.advance(task)
+                pending: deque[tuple[list[tuple[int, str | None]], cf.Future]] = deque()
+                for batch in batches:
+                    pending.append((batch, pool.submit(_decode_batch, [args(i) for i, _ in batch])))
+                    while len(pending) >= IN_FLIGHT_PER_WORKER * workers:
+                        _finish(pending.popleft(), keep, progress, task)
+                while pending:
+                    _finish(pending.popleft(), keep, progress, task)
         else:
-            for i, args in zip(file_idx, jobs(file_idx), strict=True):
-                store(i, _decode_one(args))
+            for i, key in todo:
+                keep(i, key, _decode_one(args(i)))
                 progress.advance(task)
-    return digests, phashes, failures
+    cache.flush()
+    return out
+
+
+def _finish(
+    item: tuple[list[tuple[int, str | None]], cf.Future], keep: Any, progress: Any, task: Any
+) -> None:
+    batch, future = item
+    for (i, key), result in zip(batch, future.result(), strict=True):
+        keep(i, key, result)
+    progress.advance(task, len(batch))
 
 
 def prepare_dataset(workspace: Workspace, sources: list[Source], settings: PrepareSettings) -> PrepareResult:
@@ -286,13 +343,32 @@ def _prepare_locked(workspace: Workspace, sources: list[Source], settings: Prepa
         )
     tmp_dir = workspace.data_dir / work_folder_name(settings.name)
     shutil.rmtree(tmp_dir, ignore_errors=True)
+    cache: DecodeCache | None = None
     try:
         with writing_into(tmp_dir, final_dir):  # "disk full at data/NAME", not at a hidden folder
             tmp_dir.mkdir(parents=True)
-            return _prepare_into(tmp_dir, final_dir, records, collected, sources, settings)
+            cache = DecodeCache.open(
+                cache_folder(workspace.data_dir, settings.name),
+                settings.size,
+                {"resize": settings.resize, "max_pixels": settings.max_pixels},
+            )
+            result = _prepare_into(tmp_dir, final_dir, records, collected, sources, settings, cache)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+        if cache is not None:
+            cache.close()
+            if cache.reusable:  # a killed run (SIGKILL) leaves it too: nothing runs then
+                log.warning(
+                    "prepare stopped; %d decoded images are kept in %s: run the same command again "
+                    "to resume without decoding them again",
+                    cache.reusable,
+                    cache.folder,
+                )
+            else:
+                cache.remove()
         raise
+    cache.remove()
+    return result
 
 
 def _prepare_into(
@@ -302,11 +378,12 @@ def _prepare_into(
     collected: dict,
     sources: list[Source],
     settings: PrepareSettings,
+    cache: DecodeCache,
 ) -> PrepareResult:
     n, size = len(records), settings.size
-    scratch_path = tmp_dir / "decoded.npy"
-    scratch = open_npy_memmap(scratch_path, (n, size, size))
-    digests, phashes, failures = _decode_all(records, settings, scratch)
+    decoded = _decode_all(records, settings, cache, final_dir)
+    digests, phashes, failures, rows_of = decoded.digests, decoded.phashes, decoded.failures, decoded.rows
+    pixels = cache.reader()
     skipped = [
         {"original": records[i].original, "source": records[i].source, "reason": reason}
         for i, reason in sorted(failures.items())
@@ -330,7 +407,7 @@ def _prepare_into(
     reps = [copies[0] for copies in by_digest.values()]
     near = near_duplicates(
         np.array([phashes[i] for i in reps], dtype=np.uint64),
-        lambda k: np.asarray(scratch[reps[k]]),  # noqa: F821 (del below)
+        lambda k: pixels(int(rows_of[reps[k]])),
     )
     joined, same_picture = UnionFind(len(reps)), UnionFind(len(reps))
     for a, b, corr in near:
@@ -339,7 +416,12 @@ def _prepare_into(
             same_picture.union(a, b)
 
     def expand(groups: dict[int, list[int]]) -> list[list[int]]:
-        return [sorted(i for k in grp for i in by_digest[digests[reps[k]]]) for grp in groups.values()]
+        """Groups (of representatives) as record indices, only those with more than one copy."""
+        out = []
+        for grp in groups.values():
+            if len(grp) > 1 or len(by_digest[digests[reps[grp[0]]]]) > 1:
+                out.append(sorted(i for k in grp for i in by_digest[digests[reps[k]]]))
+        return out
 
     dup_groups = expand(joined.groups())
     # Labels conflict only between copies of one picture (identical, or re-encoded / re-exposed):
@@ -396,13 +478,14 @@ def _prepare_into(
     final = [(kept[k], splits[k]) for k in range(len(kept)) if k not in leak_drops]
     final.sort(key=lambda t: (SPLITS.index(t[1]), t[0]))
 
-    images = open_npy_memmap(tmp_dir / "images.npy", (len(final), size, size))
-    rows: list[dict[str, Any]] = []
-    for out_i, (i, split) in enumerate(final):
-        images[out_i] = scratch[i]
-        rec = records[i]
-        rows.append(
-            {
+    shape = (len(final), size, size)
+    write_npy_rows(tmp_dir / "images.npy", shape, (pixels(int(rows_of[i])) for i, _ in final))
+    pixels.close()
+
+    def manifest_rows() -> Iterator[dict[str, Any]]:
+        for i, split in final:
+            rec = records[i]
+            yield {
                 "id": digests[i][:16],
                 "split": split,
                 "label": rec.label,
@@ -415,28 +498,28 @@ def _prepare_into(
                 "origin": "real",
                 "provenance": json.dumps(rec.extra, sort_keys=True) if rec.extra else "",
             }
-        )
-    images.flush()
-    del images, scratch
-    scratch_path.unlink()
-    write_manifest(tmp_dir / "manifest.csv", rows)
 
-    classes = sort_labels({r["label"] for r in rows})
-    counts = {s: dict(sorted(Counter(r["label"] for r in rows if r["split"] == s).items())) for s in SPLITS}
-    patients = {f"{r['source']}:{r['patient_id']}" for r in rows if r["patient_id"]}
+    write_manifest(tmp_dir / "manifest.csv", manifest_rows())
+
+    classes = sort_labels({records[i].label for i, _ in final})
+    counts = {
+        s: dict(sorted(Counter(records[i].label for i, sp in final if sp == s).items())) for s in SPLITS
+    }
+    patients = {f"{records[i].source}:{records[i].patient_id}" for i, _ in final if records[i].patient_id}
     official = any(rec.split is not None for rec in records)
     report = {
         "name": settings.name,
-        "images": len(rows),
+        "images": len(final),
         "counts": counts,
         "patients": len(patients),
-        "rows_without_patient_id": sum(1 for r in rows if not r["patient_id"]),
+        "rows_without_patient_id": sum(1 for i, _ in final if not records[i].patient_id),
         "skipped": skipped,
         "dropped": [
             {"original": records[i].original, "source": records[i].source, "reason": reason}
             for i, reason in sorted(dropped.items())
         ],
         "exact_duplicates": exact_pairs,
+        "decoded_before_interruption": decoded.reused,
         "near_duplicate_pairs": near_report,
         "conflicts": conflicts,
         "excluded_by_class": collected["excluded_by_class"],

@@ -7,6 +7,7 @@ import hashlib
 import json
 import re
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ def swap_in(tmp_dir: Path, target: Path) -> None:
         tmp_dir.rename(target)
 
 
-def write_manifest(path: Path, rows: list[dict[str, Any]]) -> None:
+def write_manifest(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
         writer.writeheader()

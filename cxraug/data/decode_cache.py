@@ -1,0 +1,188 @@
+"""Decoded pixels of one ``data prepare``, kept across an interruption so a rerun decodes only what is new.
+
+The cache is ``data/.NAME.decoding/``: ``params.json`` (what decoding depends on), ``pixels.bin``
+(one raw ``size x size`` uint8 row per decoded image, appended as images finish) and
+``index.jsonl`` (one line per image: its key, row, sha256, pHash or the reason it failed). A row's
+pixels are written before its index line, so a process killed at any point leaves an index that
+only names complete rows; a torn last line is ignored. A file's key is its absolute path, size and
+modification time, so an edited file is decoded again. The folder goes once the dataset is in place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+#: Seconds between index flushes: what a kill -9 can cost is this much decoding.
+FLUSH_S = 0.5
+
+
+def cache_folder(data_dir: Path, name: str) -> Path:
+    return data_dir / f".{name}.decoding"
+
+
+def source_key(image: Any) -> str | None:
+    """What identifies an image source across runs; None when it cannot be told (a missing file)."""
+    if isinstance(image, np.ndarray):
+        digest = hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()
+        return f"array:{image.dtype.str}:{'x'.join(map(str, image.shape))}:{digest}"
+    try:
+        st = os.stat(image)
+    except (OSError, TypeError, ValueError):
+        return None
+    return f"file:{os.path.abspath(os.fspath(image))}:{st.st_size}:{st.st_mtime_ns}"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One image's decoding outcome: its row in ``pixels.bin`` (-1 when it failed)."""
+
+    row: int
+    sha256: str
+    phash: int
+    error: str | None
+
+
+class RowReader:
+    """Rows of a raw ``(n, size, size)`` uint8 file, read with ``pread`` (no mapping stays resident)."""
+
+    def __init__(self, path: Path, size: int) -> None:
+        self.size = size
+        self.row_bytes = size * size
+        self._fd = os.open(path, os.O_RDONLY)
+
+    def __call__(self, row: int) -> np.ndarray:
+        data = os.pread(self._fd, self.row_bytes, row * self.row_bytes)
+        if len(data) != self.row_bytes:
+            raise RuntimeError(f"decode cache row {row} is incomplete ({len(data)} bytes)")
+        return np.frombuffer(data, dtype=np.uint8).reshape(self.size, self.size)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+class DecodeCache:
+    """Append-only store of decoded rows for one dataset name (used under the dataset's lock)."""
+
+    def __init__(self, folder: Path, size: int, params: dict[str, Any]) -> None:
+        self.folder = folder
+        self.size = size
+        self.row_bytes = size * size
+        self.params = {"format": CACHE_FORMAT, "size": size, **params}
+        self.entries: dict[str, Entry] = {}
+        self.rows = 0
+        #: Images a rerun could reuse (in-memory arrays are not indexed: they decode in no time).
+        self.reusable = 0
+        self._pixels_fd = -1
+        self._index: Any = None
+        self._flushed = time.monotonic()
+
+    @classmethod
+    def open(cls, folder: Path, size: int, params: dict[str, Any]) -> DecodeCache:
+        """The cache in ``folder``: what an interrupted run with the same params left, or a new one."""
+        cache = cls(folder, size, params)
+        if folder.is_dir():
+            if cache._load():
+                if cache.entries:
+                    n = len(cache.entries)
+                    log.info("reused %d decoded images from an interrupted prepare (%s)", n, folder)
+            else:
+                log.info("%s was left by a prepare with other settings; decoding afresh", folder)
+                shutil.rmtree(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        if not (folder / "params.json").exists():
+            (folder / "params.json").write_text(json.dumps(cache.params, sort_keys=True), encoding="utf-8")
+        cache._pixels_fd = os.open(folder / "pixels.bin", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        cache._index = open(folder / "index.jsonl", "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+        return cache
+
+    def _load(self) -> bool:
+        try:
+            params = json.loads((self.folder / "params.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        if params != json.loads(json.dumps(self.params, sort_keys=True)):
+            return False
+        try:
+            n_rows = (self.folder / "pixels.bin").stat().st_size // self.row_bytes
+        except OSError:
+            n_rows = 0
+        try:
+            with open(self.folder / "index.jsonl", encoding="utf-8") as fh:
+                for line in fh:
+                    try:
+                        key, row, sha, phash, error = json.loads(line)
+                    except (ValueError, TypeError):
+                        break  # torn last line of a killed run
+                    if row >= n_rows:
+                        break
+                    self.entries[key] = Entry(row, sha, phash, error)
+        except OSError:
+            return False
+        self.reusable = len(self.entries)
+        # Rows past the last indexed one are a killed run's unfinished writes: cut them off.
+        self.rows = 1 + max((e.row for e in self.entries.values()), default=-1)
+        with open(self.folder / "pixels.bin", "ab") as fh:
+            fh.truncate(self.rows * self.row_bytes)
+        # Index lines past a torn one are rewritten without it.
+        with open(self.folder / "index.jsonl", "w", encoding="utf-8") as fh:
+            for key, e in self.entries.items():
+                fh.write(json.dumps([key, e.row, e.sha256, e.phash, e.error]) + "\n")
+        return True
+
+    def get(self, key: str | None) -> Entry | None:
+        return self.entries.get(key) if key is not None else None
+
+    def add(
+        self, key: str | None, img: np.ndarray | None, sha256: str, phash: int, error: str | None
+    ) -> Entry:
+        """Store one outcome (the pixels first, then the index line naming them)."""
+        row = -1
+        if img is not None:
+            data = np.ascontiguousarray(img, dtype=np.uint8).tobytes()
+            if len(data) != self.row_bytes:
+                raise ValueError(f"decoded image has {len(data)} bytes, expected {self.row_bytes}")
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._pixels_fd, view) :]
+            row = self.rows
+            self.rows += 1
+        if key is not None:  # entries stay on disk: a fresh run's memory does not grow with them
+            self._index.write(json.dumps([key, row, sha256, phash, error]) + "\n")
+            self.reusable += 1
+            if time.monotonic() - self._flushed > FLUSH_S:
+                self.flush()
+        return Entry(row, sha256, phash, error)
+
+    def flush(self) -> None:
+        if self._index is not None:
+            self._index.flush()
+        self._flushed = time.monotonic()
+
+    def reader(self) -> RowReader:
+        self.flush()
+        return RowReader(self.folder / "pixels.bin", self.size)
+
+    def close(self) -> None:
+        if self._index is not None:
+            self._index.close()
+            self._index = None
+        if self._pixels_fd >= 0:
+            os.close(self._pixels_fd)
+            self._pixels_fd = -1
+
+    def remove(self) -> None:
+        self.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
