@@ -155,9 +155,8 @@ def resume_check(root: Path, ws: Path, n: int) -> str:
         done_before = sum(1 for _ in fh)
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     reused = [line for line in (out.stdout + out.stderr).splitlines() if "reused" in line]
-    return (
-        f"resume: killed after {done_before}/{n} decoded; rerun exit {out.returncode}; "
-        + (reused[0].strip() if reused else "no 'reused' line in the output")
+    return f"resume: killed after {done_before}/{n} decoded; rerun exit {out.returncode}; " + (
+        reused[0].strip() if reused else "no 'reused' line in the output"
     )
 
 
@@ -183,7 +182,8 @@ def main() -> None:
             print(
                 f"n={n:>6} workers={w}: {r['images']} images kept, {r['wall']:.1f} s, "
                 f"{args.n if n == args.n else n} files at {n / r['wall']:.0f} files/s, "
-                f"peak RSS main {r['main_kb'] / 1024:.0f} MiB, largest worker {r['worker_kb'] / 1024:.0f} MiB",
+                f"peak RSS main {r['main_kb'] / 1024:.0f} MiB, "
+                f"largest worker {r['worker_kb'] / 1024:.0f} MiB",
                 flush=True,
             )
     for w in counts:
