@@ -59,6 +59,13 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
         doc = (cls.__doc__ or "").strip()
         if doc:
             console.print(escape(doc), highlight=False)
+        if kind == "dataset":
+            try:  # with default options: what --classes / --map may name for this adapter
+                labels = cls(cls.Options()).labels()
+            except Exception:  # options without defaults, or a broken third-party adapter
+                labels = ()
+            if labels:
+                console.print(f"labels: {escape(', '.join(labels))}", highlight=False)
         table = Table(title=escape(f"options (--opt KEY=VALUE, or [{kind}.{name}] in --config)"))
         for col in ("key", "default", "description"):
             table.add_column(col, overflow="fold")
