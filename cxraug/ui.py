@@ -12,9 +12,9 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
-    TaskID,
     TimeRemainingColumn,
 )
 from rich.text import Text
