@@ -88,7 +88,7 @@ def progress_bar(*extra_columns: object, transient: bool = False) -> Progress:
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        *extra_columns,  # type: ignore[arg-type]
+        *extra_columns,
         console=console,
         transient=transient,
     )

@@ -61,7 +61,7 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
             console.print(escape(doc), highlight=False)
         if kind == "dataset":
             try:  # with default options: what --classes / --map may name for this adapter
-                labels = cls(cls.Options()).labels()
+                labels: tuple[str, ...] = tuple(getattr(cls(cls.Options()), "labels", tuple)())
             except Exception:  # options without defaults, or a broken third-party adapter
                 labels = ()
             if labels:
