@@ -24,6 +24,7 @@ from cxraug.data.dedup import SAME_PICTURE_CORRELATION, UnionFind, leakage_group
 from cxraug.data.paths import DatasetRoot
 from cxraug.data.prepared import FORMAT_VERSION, PreparedDataset, swap_in, write_manifest
 from cxraug.data.splits import HELD_OUT_RANK, SPLITS, assign_splits
+from cxraug.dicomio import DEFAULT_VOI, VOI_POLICIES
 from cxraug.errors import CxrError, DataError, OptionsError
 from cxraug.fileio import check_free, file_sha256, work_folder_name, write_npy_rows, writing_into
 from cxraug.imageio import (
@@ -80,6 +81,7 @@ class PrepareSettings:
     conflicts: str = "drop"
     max_pixels: int = DEFAULT_MAX_PIXELS
     multilabel: str = "skip"
+    dicom_voi: str = DEFAULT_VOI
 
     def validate(self, allowed: tuple[str, ...] = ()) -> None:
         """Check every setting; ``allowed`` adds the labels the sources' adapters declare."""
@@ -104,6 +106,8 @@ class PrepareSettings:
             raise OptionsError(
                 f"--max-pixels {self.max_pixels}: choose a pixel count between 1 and {MAX_PIXELS_CEILING}"
             )
+        if self.dicom_voi not in VOI_POLICIES:
+            raise OptionsError(f"--dicom-voi {self.dicom_voi!r}: choose one of {', '.join(VOI_POLICIES)}")
 
 
 @dataclass
@@ -112,16 +116,16 @@ class PrepareResult:
     report: dict[str, Any]
 
 
-def _decode_one(args: tuple[Any, int, str, int]) -> tuple[bool, Any, str, int]:
-    source, size, mode, max_pixels = args
+def _decode_one(args: tuple[Any, int, str, int, str]) -> tuple[bool, Any, str, int]:
+    source, size, mode, max_pixels, dicom_voi = args
     try:
-        img, digest, phash = decode_source(source, size, mode, max_pixels)
+        img, digest, phash = decode_source(source, size, mode, max_pixels, dicom_voi)
     except ImageReadError as exc:
         return False, str(exc), "", 0
     return True, img, digest, phash
 
 
-def _decode_batch(batch: list[tuple[Any, int, str, int]]) -> list[tuple[bool, Any, str, int]]:
+def _decode_batch(batch: list[tuple[Any, int, str, int, str]]) -> list[tuple[bool, Any, str, int]]:
     """Several images per task: one pickled round trip per batch, not per (small) image."""
     return [_decode_one(args) for args in batch]
 
@@ -253,8 +257,9 @@ def _decode_all(records: list[Record], settings: PrepareSettings, cache: DecodeC
     # ends in "disk full" (the writes can still meet a full disk: that is an error too, not a crash).
     check_free(shown, (len(todo) + n) * settings.size**2)
 
-    def args(i: int) -> tuple[Any, int, str, int]:
-        return (records[i].image, settings.size, settings.resize, settings.max_pixels)
+    def args(i: int) -> tuple[Any, int, str, int, str]:
+        s = settings
+        return (records[i].image, s.size, s.resize, s.max_pixels, s.dicom_voi)
 
     def keep(i: int, key: str | None, result: tuple[bool, Any, str, int]) -> None:
         ok, payload, digest, phash = result
@@ -350,7 +355,12 @@ def _prepare_locked(workspace: Workspace, sources: list[Source], settings: Prepa
             cache = DecodeCache.open(
                 cache_folder(workspace.data_dir, settings.name),
                 settings.size,
-                {"resize": settings.resize, "max_pixels": settings.max_pixels},
+                # everything decoding depends on: other values, other pixels
+                {
+                    "resize": settings.resize,
+                    "max_pixels": settings.max_pixels,
+                    "dicom_voi": settings.dicom_voi,
+                },
             )
             result = _prepare_into(tmp_dir, final_dir, records, collected, sources, settings, cache)
     except BaseException:
@@ -575,6 +585,7 @@ def _prepare_into(
                 "conflicts": settings.conflicts,
                 "max_pixels": settings.max_pixels,
                 "multilabel": settings.multilabel,
+                "dicom_voi": settings.dicom_voi,
             }
         ),
         "manifest_sha256": file_sha256(tmp_dir / "manifest.csv"),
