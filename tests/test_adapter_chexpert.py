@@ -184,3 +184,19 @@ def test_prepare_end_to_end(cxraug_cli, cxraug_workspace, tmp_path: Path) -> Non
     }
     assert "carved from the official train split" in ones["split_method"]
     assert ones["excluded_by_class"] == {"pneumonia": 1, "lung_opacity": 1}
+
+
+def test_nih_and_chexpert_merge_under_shared_names(cxraug_cli, cxraug_workspace, tmp_path: Path) -> None:
+    from test_adapter_nih import _dataset as nih_dataset
+
+    nih = nih_dataset(tmp_path / "nih")
+    chexpert = _dataset(tmp_path / "chexpert")
+    result = cxraug_cli(
+        "data", "prepare", f"nih={nih}", f"chexpert={chexpert}", "--size", "16", "--name", "both",
+        "--classes", "effusion,normal",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = manifest(cxraug_workspace, "both")
+    effusion = {(r["source"], r["label"]) for r in rows if r["label"] == "effusion"}
+    assert effusion == {("nih", "effusion"), ("chexpert", "effusion")}
+    assert {r["label"] for r in rows} == {"effusion", "normal"}
