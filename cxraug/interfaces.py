@@ -114,7 +114,9 @@ class Record:
     (uint8 or uint16, 2-D grayscale or HxWx3/4). ``split`` is the source's official split
     (``train``/``val``/``test``) or None when the source defines none. ``refused`` says why a row
     is left out without reading its file (e.g. ``train.txt:12: '../x.png' points outside the
-    dataset folder``); prepare lists it under skipped, and ``--strict`` makes it an error.
+    dataset folder``); prepare lists it under skipped, and ``--strict`` makes it an error. A row
+    refused because its label field is unreadable may carry any label (e.g. ``unknown``); it is
+    listed under skipped whatever ``--classes`` asks for.
     ``findings`` holds every label of an image the source files under several findings, in the
     source's order (``label`` is then the first); prepare picks one by ``--multilabel``.
     """

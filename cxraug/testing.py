@@ -65,7 +65,7 @@ def check_dataset_adapter(adapter: DatasetAdapter, root: Path | None) -> list[Re
     assert records, f"{adapter.name} yielded no records from {root}"
     for rec in records:
         assert isinstance(rec, Record), f"{adapter.name} yielded {type(rec).__name__}, not Record"
-        assert rec.label in set(VOCABULARY) | set(adapter.labels()), (
+        assert rec.refused is not None or rec.label in set(VOCABULARY) | set(adapter.labels()), (
             f"{adapter.name}: label {rec.label!r} is neither canonical nor declared by labels()"
         )
         assert rec.split in (None, "train", "val", "test"), f"{adapter.name}: split {rec.split!r}"

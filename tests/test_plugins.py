@@ -84,7 +84,10 @@ def test_builtins_registered_like_third_party() -> None:
         assert pm.has_plugin(module)
     registry = build_registry(pm)
     datasets = registry.names("dataset")
-    for name in ("covidx", "cohen", "radiography", "kermany", "medmnist", "imagefolder", "phantom"):
+    for name in (
+        *("covidx", "cohen", "radiography", "kermany", "medmnist", "imagefolder", "phantom"),
+        *("nih", "chexpert", "mimic", "padchest"),
+    ):
         assert name in datasets
         assert registry.dataset(name).name == name
     assert all(e.status == "ok" for e in registry.entries())

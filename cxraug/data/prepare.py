@@ -171,6 +171,11 @@ def _collect(sources: list[Source], settings: PrepareSettings) -> tuple[list[Rec
         valid = set(VOCABULARY) | set(adapter.labels())
         declared = tuple(adapter.labels())
         for rec in adapter.records(source.root):
+            if rec.refused is not None and rec.label not in valid:
+                # Refused before its label could be read (a malformed label field): listed under
+                # skipped, never matched against --classes or --map.
+                records.append(rec)
+                continue
             findings = tuple(settings.label_map.get(f, f) for f in rec.findings)
             for finding in findings or (settings.label_map.get(rec.label, rec.label),):
                 if finding not in valid:
