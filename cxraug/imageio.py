@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, overload
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from cxraug.dicomio import DEFAULT_VOI, DicomError, is_dicom, is_raw_dicom, read_dicom_gray
 from cxraug.fileio import file_sha256
 
 if TYPE_CHECKING:
@@ -95,13 +96,17 @@ def array_to_gray(arr: np.ndarray) -> np.ndarray:
     return _scale_to_uint8(arr.astype(np.float64))
 
 
-def read_gray(path: Path, target: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def read_gray(
+    path: Path, target: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, dicom_voi: str = DEFAULT_VOI
+) -> np.ndarray:
     """Decode ``path`` by content (the extension may lie), apply EXIF rotation, return uint8 2-D.
 
     ``target`` lets JPEG decoding skip detail finer than needed for a ``target``-pixel result.
     An image of more than ``max_pixels`` pixels (after that JPEG reduction) is refused from its
     header, before its pixels are decoded: a small file can hold a huge image (a 381 KB 16-bit PNG
-    of 14000x14000 zeros needs 2.7 GB to decode).
+    of 14000x14000 zeros needs 2.7 GB to decode). DICOM files (the "DICM" magic, or a dataset
+    without preamble that no image format claims) are decoded by ``cxraug.dicomio.read_dicom_gray``
+    with the VOI policy ``dicom_voi``.
     """
     path = Path(path)
     try:
@@ -113,9 +118,20 @@ def read_gray(path: Path, target: int | None = None, max_pixels: int = DEFAULT_M
     if info.st_size == 0:
         raise ImageReadError("empty file (0 bytes)")
     try:
-        image = _decode(path, target, max_pixels)
+        # DICOM first: a Part 10 preamble may itself be a TIFF header (dual-format files), which
+        # Pillow would read as the TIFF it pretends to be.
+        if is_dicom(path):
+            return read_dicom_gray(path, max_pixels, dicom_voi)
+        try:
+            image = _decode(path, target, max_pixels)
+        except UnidentifiedImageError:
+            if not is_raw_dicom(path):
+                raise
+            return read_dicom_gray(path, max_pixels, dicom_voi)
     except ImageReadError:
         raise
+    except DicomError as exc:
+        raise ImageReadError(str(exc)) from None
     except UnidentifiedImageError:
         raise ImageReadError("not an image Pillow can read (unknown or corrupt format)") from None
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
@@ -126,9 +142,11 @@ def read_gray(path: Path, target: int | None = None, max_pixels: int = DEFAULT_M
         raise ImageReadError("not enough memory to decode it") from None
     except Exception as exc:  # noqa: BLE001 - see below
         # Pillow's decoders meet corrupt files with OSError and ValueError mostly, but also
-        # struct.error, IndexError, KeyError, TypeError, EOFError, ZeroDivisionError, ... Whatever
-        # it raises while decoding a file, the file is unreadable; our own code runs after this.
-        raise ImageReadError(f"could not decode: {type(exc).__name__}: {exc}") from None
+        # struct.error, IndexError, KeyError, TypeError, EOFError, ZeroDivisionError, ... (and
+        # pydicom's reading of a truncated or inconsistent DICOM alike). Whatever they raise while
+        # decoding a file, the file is unreadable.
+        reason = " ".join(str(exc).split())  # one line for the report (pydicom's messages span several)
+        raise ImageReadError(f"could not decode: {type(exc).__name__}: {reason}") from None
     with image:
         try:
             return _to_uint8_gray(image)
@@ -258,12 +276,17 @@ def array_sha256(arr: np.ndarray) -> str:
 
 
 def decode_source(
-    source: Path | np.ndarray, size: int, mode: str, max_pixels: int = DEFAULT_MAX_PIXELS
+    source: Path | np.ndarray,
+    size: int,
+    mode: str,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    dicom_voi: str = DEFAULT_VOI,
 ) -> tuple[np.ndarray, str, int]:
     """(size x size uint8 image, content sha256, perceptual hash) for a file or array."""
     if isinstance(source, np.ndarray):
         gray, digest = array_to_gray(source), array_sha256(source)
     else:
-        gray, digest = read_gray(source, target=size, max_pixels=max_pixels), file_sha256(source)
+        gray = read_gray(source, target=size, max_pixels=max_pixels, dicom_voi=dicom_voi)
+        digest = file_sha256(source)
     square = fit_square(gray, size, mode)
     return square, digest, perceptual_hash(square)

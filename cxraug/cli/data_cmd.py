@@ -121,6 +121,16 @@ MultilabelOpt = Annotated[
     ),
 ]
 
+DicomVoiOpt = Annotated[
+    str,
+    typer.Option(
+        "--dicom-voi",
+        help="DICOM gray range: auto (the file's VOI LUT, else its window, else min-max), window "
+        "(the file's window before its VOI LUT), full (min-max, ignoring the file's). "
+        "Also --opt dicom_voi=...",
+    ),
+]
+
 
 def add_commands(app: typer.Typer, ctx: AppContext) -> None:
     data = typer.Typer(help="Prepare datasets once; list and inspect them.", no_args_is_help=True)
@@ -145,6 +155,7 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
         conflicts: ConflictsOpt = "drop",
         max_pixels: MaxPixelsOpt = PrepareCommand.defaults()["max_pixels"],
         multilabel: MultilabelOpt = "skip",
+        dicom_voi: DicomVoiOpt = PrepareCommand.defaults()["dicom_voi"],
         opt: OptOpt = None,
         config: ConfigOpt = None,
         dry_run: DryRunOpt = False,

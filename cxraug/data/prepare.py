@@ -23,6 +23,7 @@ from cxraug.data.dedup import SAME_PICTURE_CORRELATION, UnionFind, leakage_group
 from cxraug.data.paths import DatasetRoot
 from cxraug.data.prepared import FORMAT_VERSION, PreparedDataset, swap_in, write_manifest
 from cxraug.data.splits import HELD_OUT_RANK, SPLITS, assign_splits
+from cxraug.dicomio import DEFAULT_VOI, VOI_POLICIES
 from cxraug.errors import CxrError, DataError, OptionsError
 from cxraug.fileio import file_sha256, open_npy_memmap, work_folder_name, writing_into
 from cxraug.imageio import (
@@ -79,6 +80,7 @@ class PrepareSettings:
     conflicts: str = "drop"
     max_pixels: int = DEFAULT_MAX_PIXELS
     multilabel: str = "skip"
+    dicom_voi: str = DEFAULT_VOI
 
     def validate(self, allowed: tuple[str, ...] = ()) -> None:
         """Check every setting; ``allowed`` adds the labels the sources' adapters declare."""
@@ -103,6 +105,8 @@ class PrepareSettings:
             raise OptionsError(
                 f"--max-pixels {self.max_pixels}: choose a pixel count between 1 and {MAX_PIXELS_CEILING}"
             )
+        if self.dicom_voi not in VOI_POLICIES:
+            raise OptionsError(f"--dicom-voi {self.dicom_voi!r}: choose one of {', '.join(VOI_POLICIES)}")
 
 
 @dataclass
@@ -111,10 +115,10 @@ class PrepareResult:
     report: dict[str, Any]
 
 
-def _decode_one(args: tuple[Any, int, str, int]) -> tuple[bool, Any, str, int]:
-    source, size, mode, max_pixels = args
+def _decode_one(args: tuple[Any, int, str, int, str]) -> tuple[bool, Any, str, int]:
+    source, size, mode, max_pixels, dicom_voi = args
     try:
-        img, digest, phash = decode_source(source, size, mode, max_pixels)
+        img, digest, phash = decode_source(source, size, mode, max_pixels, dicom_voi)
     except ImageReadError as exc:
         return False, str(exc), "", 0
     return True, img, digest, phash
@@ -219,8 +223,9 @@ def _decode_all(
         else:
             failures[i] = payload
 
-    def jobs(idx: list[int]) -> Iterator[tuple[Any, int, str, int]]:
-        return ((records[i].image, settings.size, settings.resize, settings.max_pixels) for i in idx)
+    def jobs(idx: list[int]) -> Iterator[tuple[Any, int, str, int, str]]:
+        s = settings
+        return ((records[i].image, s.size, s.resize, s.max_pixels, s.dicom_voi) for i in idx)
 
     with progress_bar() as progress:
         task = progress.add_task(f"decoding {n} images", total=n, completed=len(failures))
@@ -492,6 +497,7 @@ def _prepare_into(
                 "conflicts": settings.conflicts,
                 "max_pixels": settings.max_pixels,
                 "multilabel": settings.multilabel,
+                "dicom_voi": settings.dicom_voi,
             }
         ),
         "manifest_sha256": file_sha256(tmp_dir / "manifest.csv"),

@@ -9,6 +9,7 @@ from pydantic import Field, ValidationError, field_validator
 
 from cxraug.data.prepare import PrepareSettings, Source
 from cxraug.data.splits import parse_ratios
+from cxraug.dicomio import DEFAULT_VOI
 from cxraug.errors import OptionsError
 from cxraug.imageio import DEFAULT_MAX_PIXELS, MAX_PIXELS_CEILING
 from cxraug.options import resolve_options
@@ -36,6 +37,7 @@ class PrepareCommand(Settings):
     conflicts: Literal["drop", "keep-first", "error"] = "drop"
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, le=MAX_PIXELS_CEILING)
     multilabel: Literal["skip", "first", "priority"] = "skip"
+    dicom_voi: Literal["auto", "window", "full"] = DEFAULT_VOI
 
     @field_validator("split")
     @classmethod
@@ -75,21 +77,22 @@ class PrepareCommand(Settings):
             conflicts=self.conflicts,
             max_pixels=self.max_pixels,
             multilabel=self.multilabel,
+            dicom_voi=self.dicom_voi,
         )
         settings.validate(allowed)
         return settings
 
 
 #: Settings of the prepare step itself that ``--opt`` also accepts, for every adapter alike.
-PREPARE_OPTS: tuple[str, ...] = ("conflicts", "max_pixels", "multilabel")
+PREPARE_OPTS: tuple[str, ...] = ("conflicts", "max_pixels", "multilabel", "dicom_voi")
 
 
 def take_prepare_opts(opts: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
-    """``--opt conflicts=...`` / ``max_pixels=`` / ``multilabel=``, validated, out of ``opts``.
+    """``--opt conflicts=`` / ``max_pixels=`` / ``multilabel=`` / ``dicom_voi=``, validated, out of ``opts``.
 
-    They are the flags ``--conflicts`` / ``--max-pixels`` / ``--multilabel`` spelled as options
-    (so a command line written for adapter options works too); a flag given as well with another
-    value is an error.
+    They are the flags ``--conflicts`` / ``--max-pixels`` / ``--multilabel`` / ``--dicom-voi``
+    spelled as options (so a command line written for adapter options works too); a flag given as
+    well with another value is an error.
     """
     taken: dict[str, Any] = {}
     for key in PREPARE_OPTS:

@@ -13,6 +13,7 @@ from pydantic import Field, field_validator
 
 from cxraug import hookimpl
 from cxraug.data.paths import DatasetRoot
+from cxraug.dicomio import DicomError, is_dicom, read_header
 from cxraug.errors import DataError
 from cxraug.hookspecs import Register
 from cxraug.interfaces import DatasetAdapter, PluginOptions, Record
@@ -37,6 +38,9 @@ IMAGE_SUFFIXES: tuple[str, ...] = (
     ".tiff",
     ".pgm",
 )
+#: DICOM files by name; files with any other name (none, or a SOP Instance UID like
+#: ``1.2.840.113619.2.55.1``) are DICOM when they carry the "DICM" magic.
+DICOM_SUFFIXES: tuple[str, ...] = (".dcm", ".dicom")
 SPLIT_FOLDERS: dict[str, str] = {
     "train": "train",
     "val": "val",
@@ -44,28 +48,47 @@ SPLIT_FOLDERS: dict[str, str] = {
     "validation": "val",
     "test": "test",
 }
-#: Folder names (lower-cased, runs of space/_/- made one space) and the label they hold.
+#: Folder names (lower-cased, runs of space/_/- made one space) and the label they hold. The names
+#: are those real downloads use: the Kaggle COVID-19 Radiography Database (``COVID``, ``Normal``,
+#: ``Lung_Opacity``, ``Viral Pneumonia``; v1 ``COVID-19``, ``NORMAL``), Kermany et al.'s chest_xray
+#: (``NORMAL``, ``PNEUMONIA``; ``bacteria``/``virus`` in its file names), Ozturk et al.'s
+#: DarkCovidNet 3-class set (``Covid-19``, ``No_findings``, ``Pneumonia``), Kaggle's "Chest X-ray
+#: (Covid-19 & Pneumonia)" (``COVID19``, ``NORMAL``, ``PNEUMONIA``) and "Covid-19 Image Dataset"
+#: (``Covid``, ``Normal``, ``Viral Pneumonia``), ChestX-ray14's ``No Finding``. Names that do not
+#: say one label (``Non-COVID``, ``Other``, ``Abnormal``) are deliberately absent.
 ALIASES: dict[str, str] = {
     "covid": COVID,
     "covid 19": COVID,
     "covid19": COVID,
+    "covid 2019": COVID,
+    "covid 19 pneumonia": COVID,
+    "covid pneumonia": COVID,
+    "sars cov 2": COVID,
     "normal": NORMAL,
     "healthy": NORMAL,
     "no finding": NORMAL,
+    "no findings": NORMAL,
+    "nofinding": NORMAL,
     "pneumonia": PNEUMONIA,
     "bacterial": PNEUMONIA_BACTERIAL,
     "bacteria": PNEUMONIA_BACTERIAL,
     "bacterial pneumonia": PNEUMONIA_BACTERIAL,
     "pneumonia bacterial": PNEUMONIA_BACTERIAL,
+    "pneumonia bacteria": PNEUMONIA_BACTERIAL,
     "viral": PNEUMONIA_VIRAL,
     "virus": PNEUMONIA_VIRAL,
     "viral pneumonia": PNEUMONIA_VIRAL,
+    "virus pneumonia": PNEUMONIA_VIRAL,
     "pneumonia viral": PNEUMONIA_VIRAL,
+    "pneumonia virus": PNEUMONIA_VIRAL,
     "lung opacity": LUNG_OPACITY,
 }
 #: How many single-subfolder wrappers (Data/train/...) to look through.
 MAX_WRAPPERS = 2
 MAX_LISTED = 10
+#: Folders inside a class folder that hold segmentation masks, not X-rays (the COVID-19
+#: Radiography Database from v4 on has CLASS/images/ and CLASS/masks/); they are not walked.
+MASK_FOLDERS = frozenset({"masks", "mask"})
 NO_PATIENT_IDS = (
     "no patient ids in this source: splits are made by image, so one patient's images may land "
     "in different splits"
@@ -73,7 +96,11 @@ NO_PATIENT_IDS = (
 
 
 def alias(folder_name: str) -> str | None:
-    """The canonical label a folder name stands for by the built-in alias table, or None."""
+    """The canonical label a folder name stands for by the built-in alias table, or None.
+
+    Case, spaces, ``_`` and ``-`` do not matter: ``No_findings``, ``no findings`` and ``NO-FINDINGS``
+    are one name.
+    """
     return ALIASES.get(re.sub(r"[\s_\-]+", " ", folder_name.strip().lower()).strip())
 
 
@@ -101,11 +128,14 @@ class ImageFolderOptions(PluginOptions):
 class ImageFolderAdapter(DatasetAdapter[ImageFolderOptions]):
     """Your own images in class folders: ``ROOT/CLASS/...`` or ``ROOT/{train,val,test}/CLASS/...``.
 
-    Folder names map to labels case-insensitively (``COVID-19``, ``Normal``, ``Viral Pneumonia``,
-    ``Lung_Opacity``, ...); the option ``label_map`` names the label of any other folder and
-    ``ignore`` skips folders. Split folders may be ``train``, ``val``/``valid``/``validation`` and
-    ``test``. Images are found by extension at any depth inside a class folder. There are no
-    patient ids.
+    Folder names map to labels ignoring case, spaces, ``_`` and ``-`` (``COVID-19``, ``Covid``,
+    ``Normal``, ``No_findings``, ``Viral Pneumonia``, ``Lung_Opacity``, ... see ``ALIASES``); the
+    option ``label_map`` names the label of any other folder and ``ignore`` skips folders; the
+    report lists which folder became which label. Split folders may be ``train``,
+    ``val``/``valid``/``validation`` and ``test``. Images are found at any depth inside a class
+    folder: by extension, and DICOM files also without one (by their "DICM" magic). DICOM files
+    give the patient id (PatientID) and view (ViewPosition) from their header, so splits keep a
+    patient's images together; other images have no patient ids.
 
     No citation: cite the source of your images.
     """
@@ -163,7 +193,9 @@ class ImageFolderAdapter(DatasetAdapter[ImageFolderOptions]):
         # Name every class folder's label before yielding, so a bad folder fails up front.
         classes: list[tuple[str | None, Path, str]] = []
         for split, folder in groups:
-            loose += [dataset.original(p) for p in _files(folder) if _is_image(p)]
+            loose += [
+                dataset.original(p) for p in _files(folder) if _kind(p, look_inside=not dataset.escapes(p))
+            ]
             for class_dir in _subdirs(folder):
                 if class_dir in linked_out:
                     continue
@@ -178,24 +210,46 @@ class ImageFolderAdapter(DatasetAdapter[ImageFolderOptions]):
                 f"{base}: no class folders; expected ROOT/CLASS/images or "
                 "ROOT/{train,val,test}/CLASS/images, and pass --root pointing at ROOT"
             )
+        self._notes.append(_folder_labels(classes, self._label_map))
+        images, with_patient, patients = 0, 0, set[str]()
+        mask_folders: list[str] = []
         for split, class_dir, label in classes:
-            for path in _walk(class_dir):
-                if not _is_image(path):
+            for path in _walk(class_dir, mask_folders):
+                refused = dataset.escapes(path)
+                kind = _kind(path, look_inside=refused is None)
+                if kind is None:
                     skipped[path.suffix.lower() or "(no extension)"] += 1
                     continue
+                images += 1
+                patient_id = view = None
+                if kind == "dicom" and refused is None:
+                    patient_id, view = _dicom_ids(path)
+                    if patient_id is not None:
+                        with_patient += 1
+                        patients.add(patient_id)
                 yield Record(
                     image=path,
                     label=label,
                     source=self.name,
                     original=dataset.original(path),
-                    patient_id=None,
-                    view=None,
+                    patient_id=patient_id,
+                    view=view,
                     split=split,
-                    refused=dataset.escapes(path),
+                    refused=refused,
                 )
-        self._notes.append(NO_PATIENT_IDS)
+        if with_patient:
+            without = images - with_patient
+            self._notes.append(
+                f"patient ids from the DICOM PatientID tag: {with_patient} images of {len(patients)} patients"
+                + (f"; the other {without} images have none and are split by image" if without else "")
+            )
+        else:
+            self._notes.append(NO_PATIENT_IDS)
         if loose:
             self._notes.append(f"skipped {len(loose)} images outside any class folder: {_listing(loose)}")
+        if mask_folders:
+            names = [dataset.original(Path(m)) for m in mask_folders]
+            self._notes.append(f"skipped mask folders (segmentation masks, not X-rays): {_listing(names)}")
         if skipped:
             counts = ", ".join(f"{ext} ({n})" for ext, n in skipped.most_common())
             self._notes.append(f"skipped {sum(skipped.values())} non-image files: {counts}")
@@ -237,7 +291,7 @@ class ImageFolderAdapter(DatasetAdapter[ImageFolderOptions]):
             subdirs = _subdirs(base)
             if len(subdirs) != 1 or self._known(subdirs[0]):
                 break
-            if any(_is_image(p) for p in _files(base)):
+            if any(_kind(p, look_inside=False) for p in _files(base)):
                 break
             base = subdirs[0]
         return base
@@ -255,17 +309,52 @@ def _files(folder: Path) -> list[Path]:
     return sorted((f for f in folder.iterdir() if f.is_file() and not _hidden(f.name)), key=lambda f: f.name)
 
 
-def _walk(folder: Path) -> Iterator[Path]:
-    """Every visible file under ``folder``, in a stable order."""
+def _walk(folder: Path, mask_folders: list[str]) -> Iterator[Path]:
+    """Every visible file under ``folder``, in a stable order; mask folders are appended, not walked."""
     for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
+        masks = sorted(d for d in dirnames if d.lower() in MASK_FOLDERS)
+        mask_folders += [os.path.join(dirpath, d) for d in masks]
+        dirnames[:] = sorted(d for d in dirnames if not _hidden(d) and d not in masks)
         for filename in sorted(filenames):
             if not _hidden(filename):
                 yield Path(dirpath) / filename
 
 
-def _is_image(path: Path) -> bool:
-    return path.name.lower().endswith(IMAGE_SUFFIXES)
+def _kind(path: Path, look_inside: bool) -> str | None:
+    """ "image", "dicom" or None (not an image) for a file, by name and, for DICOM, by magic.
+
+    ``look_inside`` False (a link out of the root) decides by the name alone: nothing outside the
+    root is opened.
+    """
+    name = path.name.lower()
+    if name.endswith(IMAGE_SUFFIXES):
+        return "image"
+    if name.endswith(DICOM_SUFFIXES):
+        return "dicom"
+    return "dicom" if look_inside and is_dicom(path) else None
+
+
+def _dicom_ids(path: Path) -> tuple[str | None, str | None]:
+    """(PatientID, ViewPosition) from the header; (None, None) when it cannot be read.
+
+    An unreadable file is not an error here: decoding it fails and the report lists it.
+    """
+    try:
+        header = read_header(path)
+    except DicomError:
+        return None, None
+    return header.patient_id, header.view
+
+
+def _folder_labels(classes: list[tuple[str | None, Path, str]], label_map: dict[str, str]) -> str:
+    """The report line saying which class folder became which label (each name once)."""
+    seen: dict[str, str] = {}
+    for _, folder, label in classes:
+        via = " (label_map)" if folder.name.strip().lower() in label_map else ""
+        seen.setdefault(folder.name, f"{label}{via}")
+    return "class folders and their labels: " + ", ".join(
+        f"{name} -> {label}" for name, label in seen.items()
+    )
 
 
 def _listing(items: list[str]) -> str:
