@@ -29,6 +29,8 @@ DISABLE_ENV = "CXRAUG_DISABLE_PLUGINS"
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "cxraug.plugins.datasets.covidx",
     "cxraug.plugins.datasets.cohen",
+    "cxraug.plugins.datasets.rsna",
+    "cxraug.plugins.datasets.siim",
     "cxraug.plugins.datasets.radiography",
     "cxraug.plugins.datasets.kermany",
     "cxraug.plugins.datasets.medmnist",

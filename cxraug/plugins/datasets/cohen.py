@@ -7,7 +7,7 @@ import re
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -50,60 +50,117 @@ VIRAL: frozenset[str] = frozenset(
         "rsv",
     }
 )
-#: Coronaviruses other than SARS-CoV-2 are their own diseases, not "other viral pneumonia".
+#: The later schema files these under ``Pneumonia/Fungal/`` (e.g. ``Pneumonia/Fungal/Pneumocystis``).
+FUNGAL: frozenset[str] = frozenset({"fungal", "pneumocystis", "aspergillosis"})
+#: SARS and MERS: filed ``Pneumonia/Viral/SARS`` and ``Pneumonia/Viral/MERS-CoV`` by the later schema.
 OTHER_CORONAVIRUSES = re.compile(r"^(sars|mers)(-cov)?$")
 COVID_NAMES: frozenset[str] = frozenset({"covid-19", "covid19", "covid", "sars-cov-2"})
 #: A complication, not a cause: "Streptococcus, ARDS" is still a bacterial pneumonia.
 COMPLICATIONS: frozenset[str] = frozenset({"ards"})
 
+#: COVID-Net's ``create_COVIDx`` label map for this collection (lindawangg/COVID-Net,
+#: ``create_COVIDx_v2.ipynb`` / ``create_COVIDx_v3.ipynb``, written for the flat 2020 schema):
+#: exact, case-sensitive keys; anything else, ``No Finding`` included, is left out.
+COVIDX_FLAT: dict[str, str] = {
+    "COVID-19": COVID,
+    "SARS": PNEUMONIA,
+    "MERS": PNEUMONIA,
+    "Streptococcus": PNEUMONIA,
+    "Klebsiella": PNEUMONIA,
+    "Chlamydophila": PNEUMONIA,
+    "Legionella": PNEUMONIA,
+    "Normal": NORMAL,
+    "Lung Opacity": PNEUMONIA,
+    "1": PNEUMONIA,
+}
+#: The same map in the current ``create_COVIDx.ipynb`` (written for the hierarchical schema),
+#: which adds ``E.Coli``.
+COVIDX_HIERARCHICAL: dict[str, str] = {**COVIDX_FLAT, "E.Coli": PNEUMONIA}
+#: COVID-Net's view filter (``views = [...]`` in the same notebooks); matched case-insensitively here.
+COVIDX_VIEWS: tuple[str, ...] = ("PA", "AP", "AP Supine", "AP semi erect", "AP erect")
+DEFAULT_VIEWS: tuple[str, ...] = ("PA", "AP", "AP Supine")
 
-def map_finding(finding: str) -> str | None:
-    """Canonical label for a ``finding`` value of either schema, or None to skip the row."""
+
+def map_finding(finding: str, mapping: str = "source") -> tuple[str, ...]:
+    """The labels of a ``finding`` value of either schema, in source order; empty to skip the row.
+
+    One label for almost every row; several when the value names causes of different kinds
+    (``Streptococcus, Influenza``), resolved by ``data prepare --multilabel``.
+    """
+    if mapping == "covidx":
+        label = _map_covidx(finding)
+        return (label,) if label else ()
     parts = [p.strip() for p in finding.split(",") if p.strip()]
     paths = [[c.strip().lower() for c in p.split("/") if c.strip()] for p in parts]
     paths = [p for p in paths if p]
     if any(p[-1] in COVID_NAMES for p in paths):
-        return COVID
+        return (COVID,)
     causes = [p for p in paths if p[-1] not in COMPLICATIONS] or paths
-    labels = {_map_path(p) for p in causes}
-    if len(labels) == 1:
-        return labels.pop()
-    return None
+    labels = [_map_path(p) for p in causes]
+    if not labels or any(label is None for label in labels):
+        return ()
+    return tuple(dict.fromkeys(label for label in labels if label))
 
 
 def _map_path(path: list[str]) -> str | None:
+    """The label of one ``A/B/C`` finding, following the later schema's hierarchy."""
     if path == ["no finding"]:
         return NORMAL
-    if path == ["pneumonia"]:
-        return PNEUMONIA
     if any(OTHER_CORONAVIRUSES.match(c) for c in path):
-        return None
+        return PNEUMONIA_VIRAL
     # "Pneumonia/Bacterial/Staphylococcus/MRSA": any component naming the kind decides.
     if any(c in BACTERIAL for c in path):
         return PNEUMONIA_BACTERIAL
     if any(c in VIRAL for c in path):
         return PNEUMONIA_VIRAL
+    if any(c in FUNGAL for c in path) or path[0] == "pneumonia":
+        # Fungal, lipoid, aspiration: filed under Pneumonia with no viral/bacterial kind.
+        return PNEUMONIA
     return None
+
+
+def _map_covidx(finding: str) -> str | None:
+    """COVID-Net's rule, each variant on the schema it was written for.
+
+    Flat values: the first comma-separated finding (``f = row['finding'].split(',')[0]``, "for the
+    case of COVID-19, ARDS"); hierarchical values: the last component (``split('/')[-1]``).
+    """
+    if "/" in finding:
+        return COVIDX_HIERARCHICAL.get(finding.split("/")[-1].strip())
+    return COVIDX_FLAT.get(finding.split(",")[0].strip())
 
 
 class CohenOptions(PluginOptions):
     """Options of the ``cohen`` dataset adapter."""
 
     views: tuple[str, ...] = Field(
-        default=("PA", "AP", "AP Supine"),
-        description="X-ray views to keep (case-insensitive); empty keeps every view",
+        default=DEFAULT_VIEWS,
+        description="X-ray views to keep (case-insensitive); empty keeps every view; not given: "
+        "PA, AP, AP Supine (with mapping=covidx: COVID-Net's PA, AP, AP Supine, AP semi erect, "
+        "AP erect)",
     )
     metadata: str = Field(default="metadata.csv", description="metadata file, relative to the root")
+    mapping: Literal["source", "covidx"] = Field(
+        default="source",
+        description="source: the collection's own hierarchy (SARS, MERS -> pneumonia_viral; fungal "
+        "-> pneumonia); covidx: COVID-Net's create_COVIDx rule (covid / pneumonia; No Finding left out)",
+    )
 
 
 class CohenAdapter(DatasetAdapter[CohenOptions]):
     """COVID-19 image data collection (Cohen et al.): chest X-rays and CTs with metadata.csv.
 
-    Keeps X-ray rows whose ``view`` is among ``views``. Findings map to covid (any COVID-19),
-    pneumonia_bacterial, pneumonia_viral (other than SARS and MERS), normal (``No Finding``) and
-    pneumonia (plain ``Pneumonia``); other findings are skipped and counted in the notes. Reads the
-    early schema (``Patientid``, images in ``images/``) and the later one (``patientid``,
-    hierarchical findings, a ``folder`` column). There is no official split.
+    Keeps X-ray rows whose ``view`` is among ``views``. With ``mapping=source`` (the default)
+    findings follow the later schema's own hierarchy, for both schemas: COVID-19 (also with ARDS)
+    -> covid; ``Pneumonia/Viral/...`` (influenza, SARS, MERS, ...) -> pneumonia_viral;
+    ``Pneumonia/Bacterial/...`` -> pneumonia_bacterial; ``Pneumonia/Fungal/...`` (Pneumocystis),
+    lipoid, aspiration and plain ``Pneumonia`` -> pneumonia; ``No Finding`` -> normal. ARDS alone,
+    tuberculosis and the like are skipped and counted in the notes. ``mapping=covidx`` applies
+    COVID-Net's ``create_COVIDx`` rule exactly (see ``COVIDX_FLAT``): COVID-19 -> covid; SARS,
+    MERS, Streptococcus, Klebsiella, Chlamydophila, Legionella (and, on the hierarchical schema,
+    E.Coli) -> pneumonia; everything else skipped, ``No Finding`` included, as COVID-Net did.
+    Reads the early schema (``Patientid``, images in ``images/``) and the later one
+    (``patientid``, hierarchical findings, a ``folder`` column). There is no official split.
 
     Citation: Cohen, J. P., Morrison, P., Dao, L., Roth, K., Duong, T. Q., Ghassemi, M. "COVID-19
     Image Data Collection: Prospective Predictions Are the Future." Machine Learning for Biomedical
@@ -141,7 +198,10 @@ class CohenAdapter(DatasetAdapter[CohenOptions]):
                 f"{metadata}: metadata file not found; pass --root pointing at the clone of "
                 "ieee8023/covid-chestxray-dataset (it holds metadata.csv and images/)"
             )
-        views = {v.strip().lower() for v in options.views}
+        chosen = options.views
+        if options.mapping == "covidx" and "views" not in options.model_fields_set:
+            chosen = COVIDX_VIEWS
+        views = {v.strip().lower() for v in chosen}
         not_xray: Counter[str] = Counter()
         other_view: Counter[str] = Counter()
         skipped: Counter[str] = Counter()
@@ -158,8 +218,8 @@ class CohenAdapter(DatasetAdapter[CohenOptions]):
                 other_view[view or "(empty)"] += 1
                 continue
             finding = row["finding"]
-            label = map_finding(finding)
-            if label is None:
+            labels = map_finding(finding, options.mapping)
+            if not labels:
                 skipped[finding or "(empty)"] += 1
                 continue
             folder = row.get("folder") or "images"
@@ -174,7 +234,7 @@ class CohenAdapter(DatasetAdapter[CohenOptions]):
                 continue
             yield Record(
                 image=path,
-                label=label,
+                label=labels[0],
                 source=self.name,
                 original=dataset.original(path),
                 patient_id=row["patientid"] or None,
@@ -182,6 +242,7 @@ class CohenAdapter(DatasetAdapter[CohenOptions]):
                 split=None,
                 extra={"finding": finding},
                 refused=f"{metadata}:{lineno}: {escape}" if escape else None,
+                findings=labels if len(labels) > 1 else (),
             )
         if not_xray:
             self._notes.append(
@@ -190,12 +251,12 @@ class CohenAdapter(DatasetAdapter[CohenOptions]):
         if other_view:
             self._notes.append(
                 f"skipped {sum(other_view.values())} X-ray rows with views other than "
-                f"{', '.join(options.views)}: {_counts(other_view)}"
+                f"{', '.join(chosen)}: {_counts(other_view)}"
             )
         if skipped:
+            rule = "COVID-Net's create_COVIDx map" if options.mapping == "covidx" else "the label vocabulary"
             self._notes.append(
-                f"skipped {sum(skipped.values())} rows with findings outside the label "
-                f"vocabulary: {_counts(skipped)}"
+                f"skipped {sum(skipped.values())} rows with findings outside {rule}: {_counts(skipped)}"
             )
         if missing:
             listed = ", ".join(missing[:MAX_LISTED])
