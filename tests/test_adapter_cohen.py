@@ -266,7 +266,7 @@ def test_short_row_names_the_line_it_starts_on(late: Path) -> None:
     metadata.write_text(LATE_HEADER + "".join(rows), encoding="utf-8")
     with pytest.raises(DataError) as err:
         list(CohenAdapter().records(late))
-    assert f"{metadata}:7: 9 fields, the header has 18" in str(err.value)
+    assert f"{metadata}:7: 9 fields, the header names 18" in str(err.value)
 
 
 def test_trailing_empty_fields_are_tolerated(late: Path) -> None:
@@ -284,7 +284,7 @@ def test_missing_column_and_files(tmp_path: Path) -> None:
     metadata.write_text("patientid,finding,filename\n1,COVID-19,a.png\n", encoding="utf-8")
     with pytest.raises(DataError) as err:
         list(CohenAdapter().records(tmp_path))
-    assert f"{metadata}:1: missing column(s) view, modality" in str(err.value)
+    assert f"{metadata}:1: missing column(s) 'view', 'modality'" in str(err.value)
 
 
 def test_options_and_registration() -> None:

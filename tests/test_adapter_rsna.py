@@ -156,7 +156,7 @@ def test_quirks_bom_crlf(root: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("patientId,label\nx,Normal\n", r":1: missing column\(s\) class \(header has patientId, label\)"),
+        ("patientId,label\nx,Normal\n", r":1: missing column\(s\) 'class' \(header has patientId, label\)"),
         (f"patientId,class\n{NORMAL},Healthy\n", r":2: unknown class 'Healthy'"),
         (
             f"patientId,class\n{NORMAL},Normal\n{NORMAL},Lung Opacity\n",

@@ -162,7 +162,7 @@ def test_works_without_the_image_level_file(root: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("id,Negative for Pneumonia\nx_study,1\n", r":1: missing column\(s\) Typical Appearance"),
+        ("id,Negative for Pneumonia\nx_study,1\n", r":1: missing column\(s\) 'Typical Appearance'"),
         (
             "id,Negative for Pneumonia,Typical Appearance,Indeterminate Appearance,Atypical Appearance\n"
             f"{TYPICAL},0,1,0,0\n",

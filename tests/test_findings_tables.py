@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from miniature_layouts import write_text
 
+from cxraug.data.csvrows import read_rows
 from cxraug.errors import DataError
 from cxraug.labels import VOCABULARY, is_label_name
 from cxraug.plugins.datasets._findings import (
@@ -19,7 +20,6 @@ from cxraug.plugins.datasets._findings import (
     finding_label,
     read_observations,
 )
-from cxraug.plugins.datasets._tables import read_rows
 
 NIH_FINDINGS = (
     "Atelectasis Cardiomegaly Effusion Infiltration Mass Nodule Pneumonia Pneumothorax Consolidation "

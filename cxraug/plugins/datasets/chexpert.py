@@ -10,6 +10,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from cxraug import hookimpl
+from cxraug.data.csvrows import read_rows
 from cxraug.data.paths import DatasetRoot
 from cxraug.errors import DataError
 from cxraug.hookspecs import Register
@@ -23,7 +24,7 @@ from cxraug.plugins.datasets._findings import (
     observation_columns,
     read_observations,
 )
-from cxraug.plugins.datasets._tables import check_root, listing, read_rows
+from cxraug.plugins.datasets._tables import check_root, listing
 
 CSV_FILES: tuple[tuple[str, str], ...] = (("train", "train.csv"), ("valid", "valid.csv"))
 REQUIRED: tuple[str, ...] = ("path", "frontal/lateral", "ap/pa") + tuple(

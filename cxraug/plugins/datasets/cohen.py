@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import re
 from collections import Counter
 from collections.abc import Iterator
@@ -12,6 +11,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from cxraug import hookimpl
+from cxraug.data.csvrows import read_rows
 from cxraug.data.paths import DatasetRoot
 from cxraug.errors import DataError
 from cxraug.hookspecs import Register
@@ -208,7 +208,7 @@ class CohenAdapter(DatasetAdapter[CohenOptions]):
         missing: list[str] = []
         name = metadata.name
         dataset = DatasetRoot(root)
-        for lineno, row in _read_rows(metadata):
+        for lineno, row in read_rows(metadata, REQUIRED, "the covid-chestxray-dataset metadata.csv"):
             modality = row["modality"]
             if _squash(modality) != "xray":
                 not_xray[modality or "(empty)"] += 1
@@ -268,41 +268,6 @@ class CohenAdapter(DatasetAdapter[CohenOptions]):
 
 
 REQUIRED = ("patientid", "finding", "view", "modality", "filename")
-
-
-def _read_rows(metadata: Path) -> Iterator[tuple[int, dict[str, str]]]:
-    """Rows as dicts keyed by lower-cased column name, with the line each row starts on."""
-    name = str(metadata)
-    with metadata.open(encoding="utf-8-sig", newline="") as handle:
-        reader = csv.reader(handle)
-        try:
-            header = next(reader, None)
-            if header is None:
-                raise DataError(f"{name}:1: empty file; expected a metadata.csv header row")
-            columns = [c.strip().lower() for c in header]
-            absent = [c for c in REQUIRED if c not in columns]
-            if absent:
-                raise DataError(
-                    f"{name}:1: missing column(s) {', '.join(absent)} (header has "
-                    f"{', '.join(header)}); is this the covid-chestxray-dataset metadata.csv?"
-                )
-            end = reader.line_num
-            for fields in reader:
-                # Quoted clinical notes may span lines: report the line the row starts on.
-                lineno, end = end + 1, reader.line_num
-                if not fields or all(not f.strip() for f in fields):
-                    continue
-                extra = fields[len(columns) :]
-                if len(fields) < len(columns) or any(f.strip() for f in extra):
-                    raise DataError(
-                        f"{name}:{lineno}: {len(fields)} fields, the header has {len(columns)}; "
-                        "fix the row (quote fields that contain commas) or delete it"
-                    )
-                yield lineno, {c: f.strip() for c, f in zip(columns, fields, strict=False)}
-        except csv.Error as exc:
-            raise DataError(f"{name}:{reader.line_num}: unreadable CSV ({exc}); fix the row") from exc
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{name}: not UTF-8 text ({exc.reason}); re-save it as UTF-8") from exc
 
 
 def _squash(text: str) -> str:

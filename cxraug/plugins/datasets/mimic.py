@@ -11,6 +11,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from cxraug import hookimpl
+from cxraug.data.csvrows import read_rows
 from cxraug.data.paths import DatasetRoot
 from cxraug.errors import DataError
 from cxraug.hookspecs import Register
@@ -25,7 +26,7 @@ from cxraug.plugins.datasets._findings import (
     observation_columns,
     read_observations,
 )
-from cxraug.plugins.datasets._tables import check_root, counts, find_table, listing, read_rows
+from cxraug.plugins.datasets._tables import check_root, counts, find_table, listing
 
 #: The published file names (MIMIC-CXR-JPG 2.0.0; 2.1.0 keeps them), gzipped or unpacked.
 PREFIX = "mimic-cxr-2.0.0-"

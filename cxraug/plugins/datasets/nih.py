@@ -11,12 +11,13 @@ from typing import ClassVar
 from pydantic import Field
 
 from cxraug import hookimpl
+from cxraug.data.csvrows import read_rows
 from cxraug.data.paths import DatasetRoot
 from cxraug.errors import DataError
 from cxraug.hookspecs import Register
 from cxraug.interfaces import DatasetAdapter, PluginOptions, Record
 from cxraug.plugins.datasets._findings import NIH_LABELS, UNKNOWN, finding_label
-from cxraug.plugins.datasets._tables import check_root, counts, find_table, listing, read_rows
+from cxraug.plugins.datasets._tables import check_root, counts, find_table, listing
 
 #: The label table: the 2020 re-release first (it corrects the 2017 file's patient ages), then
 #: the original. Both have the columns read here; the 2020 one names ``Patient Sex`` where the

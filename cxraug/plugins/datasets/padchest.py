@@ -11,11 +11,12 @@ from typing import ClassVar
 from pydantic import Field
 
 from cxraug import hookimpl
+from cxraug.data.csvrows import read_rows
 from cxraug.data.paths import DatasetRoot
 from cxraug.hookspecs import Register
 from cxraug.interfaces import DatasetAdapter, PluginOptions, Record
 from cxraug.plugins.datasets._findings import PADCHEST_LABELS, UNKNOWN, finding_key, finding_label
-from cxraug.plugins.datasets._tables import check_root, counts, find_table, listing, read_rows
+from cxraug.plugins.datasets._tables import check_root, counts, find_table, listing
 
 CSV_NAME = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv"
 REQUIRED: tuple[str, ...] = ("imageid", "imagedir", "studyid", "patientid", "projection", "labels")

@@ -267,7 +267,7 @@ def _required_file(root: Path, name: str) -> Path:
 def _read_classes(path: Path) -> dict[str, tuple[str, int]]:
     """patientId -> (class, first line), in file order; one class per image or DataError."""
     classes: dict[str, tuple[str, int]] = {}
-    for lineno, row in read_rows(path, ("patientId", "class"), f"the RSNA {CLASS_FILE}"):
+    for lineno, row in read_rows(path, ("patientId", "class"), f"the RSNA {CLASS_FILE}", lower_keys=False):
         patient_id, cls = row["patientId"], row["class"]
         if not patient_id:
             raise DataError(f"{path}:{lineno}: empty patientId; fill it in or delete the row")
@@ -292,7 +292,7 @@ def _read_targets(path: Path) -> tuple[dict[str, bool], Counter[str]]:
     targets: dict[str, bool] = {}
     boxes: Counter[str] = Counter()
     required = ("patientId", "x", "y", "width", "height", "Target")
-    for lineno, row in read_rows(path, required, f"the RSNA {LABEL_FILE}"):
+    for lineno, row in read_rows(path, required, f"the RSNA {LABEL_FILE}", lower_keys=False):
         target = row["Target"]
         if target not in ("0", "1"):
             raise DataError(f"{path}:{lineno}: Target {target!r}; expected 0 or 1, fix the row")

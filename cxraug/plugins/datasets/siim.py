@@ -247,7 +247,7 @@ def _read_studies(path: Path) -> dict[str, tuple[tuple[str, ...], int]]:
     """StudyInstanceUID -> (labels set to 1, in column order; line)."""
     studies: dict[str, tuple[tuple[str, ...], int]] = {}
     required = ("id", *STUDY_CLASSES)
-    for lineno, row in read_rows(path, required, f"the SIIM {STUDY_FILE}"):
+    for lineno, row in read_rows(path, required, f"the SIIM {STUDY_FILE}", lower_keys=False):
         study_id = row["id"]
         if not study_id.endswith("_study"):
             raise DataError(f"{path}:{lineno}: id {study_id!r} does not end in _study; is this {STUDY_FILE}?")
@@ -271,7 +271,7 @@ def _read_studies(path: Path) -> dict[str, tuple[tuple[str, ...], int]]:
 def _read_image_labels(path: Path) -> dict[str, str]:
     """image id -> "opacity" or "none" (the first word of each label entry, distinct, joined)."""
     out: dict[str, str] = {}
-    for lineno, row in read_rows(path, ("id", "label"), f"the SIIM {IMAGE_FILE}"):
+    for lineno, row in read_rows(path, ("id", "label"), f"the SIIM {IMAGE_FILE}", lower_keys=False):
         image_id = row["id"]
         if not image_id.endswith("_image"):
             raise DataError(f"{path}:{lineno}: id {image_id!r} does not end in _image; is this {IMAGE_FILE}?")
