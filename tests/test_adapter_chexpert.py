@@ -176,8 +176,15 @@ def test_prepare_end_to_end(cxraug_cli, cxraug_workspace, tmp_path: Path) -> Non
         name="ones",
     )
     # patient00003 (Effusion, Atelectasis -1) and patient00005 (Cardiomegaly, Effusion) become
-    # effusion; patient64543 (Lung Opacity, Pneumonia) has no wanted finding.
-    assert ones["multilabel"] == {"policy": "first", "skipped": 0, "skipped_by_source": {}, "resolved": 3}
+    # effusion; patient64543 (Lung Opacity, Pneumonia) has no wanted finding, so --classes leaves
+    # it out and it is not counted as resolved.
+    assert ones["multilabel"] == {
+        "policy": "first",
+        "skipped": 0,
+        "skipped_by_source": {},
+        "resolved": 2,
+        "resolved_by_source": {"chexpert": 2},
+    }
     assert by_split(manifest(cxraug_workspace, "ones")) == {
         "train+val": {"effusion": 5, "normal": 4},
         "test": {"effusion": 1, "normal": 1},

@@ -162,8 +162,9 @@ def test_aliases(name: str, label: str | None) -> None:
 
 
 def test_options_and_registration() -> None:
-    with pytest.raises(ValidationError, match="unknown label 'tb'"):
-        ImageFolderAdapter.Options(label_map={"TB": "tb"})
+    with pytest.raises(ValidationError, match="label 'Tuber Culosis' is neither a core label"):
+        ImageFolderAdapter.Options(label_map={"TB": "Tuber Culosis"})
+    assert ImageFolderAdapter(ImageFolderAdapter.Options(label_map={"TB": "tb"})).labels()[-1] == "tb"
     with pytest.raises(ValidationError):
         ImageFolderAdapter.Options(labels={"TB": "covid"})
     assert ImageFolderAdapter.Options(ignore=["x"]).ignore == ("x",)
@@ -393,3 +394,24 @@ def test_prepare_a_dicom_tree_keeps_patients_together(cxraug_cli, cxraug_workspa
     assert again.exit_code == 2 and "--opt dicom_voi=full and --dicom-voi window disagree" in again.output
     bad = cxraug_cli("data", "prepare", "imagefolder", "--root", str(tmp_path / "tree"), "--dicom-voi", "lut")
     assert bad.exit_code == 2 and "Traceback" not in bad.output
+
+
+def test_new_label_from_label_map_and_preambleless_dicoms(
+    cxraug_cli, cxraug_workspace, tmp_path: Path
+) -> None:
+    """Kaggle's TB database layout (Normal/, Tuberculosis/) with a label of the user's naming, and
+    DICOM files written without preamble or extension, found by content."""
+    rng = np.random.default_rng(1)
+    for k in range(6):
+        image(tmp_path / "tree" / "Normal" / f"Normal-{k}.png")
+        pixels = rng.integers(0, 4096, size=(20, 20)).astype(np.uint16)
+        write_dicom(tmp_path / "tree" / "Tuberculosis" / f"TB{k}", pixels, preamble=False, bits_stored=12)
+    result = cxraug_cli(
+        "data", "prepare", "imagefolder", "--root", str(tmp_path / "tree"), "--size", "16",
+        "--name", "tb", "--opt", "label_map.Tuberculosis=tuberculosis",
+        "--classes", "normal,tuberculosis",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    info = json.loads((cxraug_workspace.data_dir / "tb" / "info.json").read_text())
+    assert info["classes"] == ["normal", "tuberculosis"]
+    assert sum(c.get("tuberculosis", 0) for c in info["counts"].values()) == 6

@@ -170,4 +170,10 @@ def test_prepare_end_to_end(cxraug_cli, cxraug_workspace, tmp_path: Path) -> Non
     ones = prepare(cxraug_cli, cxraug_workspace, "mimic", root, *args, name="ones")
     labels = {r["patient_id"]: r["label"] for r in manifest(cxraug_workspace, "ones")}
     assert labels["10000764"] == "effusion" and labels["10001122"] == "effusion"
-    assert ones["multilabel"] == {"policy": "priority", "skipped": 0, "skipped_by_source": {}, "resolved": 2}
+    assert ones["multilabel"] == {
+        "policy": "priority",
+        "skipped": 0,
+        "skipped_by_source": {},
+        "resolved": 2,
+        "resolved_by_source": {"mimic": 2},
+    }

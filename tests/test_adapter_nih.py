@@ -136,6 +136,7 @@ def test_prepare_end_to_end(cxraug_cli, cxraug_workspace, tmp_path: Path) -> Non
         "skipped": 3,
         "skipped_by_source": {"nih": 3},
         "resolved": 0,
+        "resolved_by_source": {},
     }
     assert report["excluded_by_class"] == {"cardiomegaly": 1, "pneumonia": 1, "pleural_thickening": 1}
     assert "carved from the official train split" in report["split_method"]
@@ -156,7 +157,8 @@ def test_prepare_end_to_end(cxraug_cli, cxraug_workspace, tmp_path: Path) -> Non
         "first",
         name="f",
     )
-    assert first["multilabel"]["resolved"] == 3 and first["multilabel"]["skipped"] == 0
+    # Cardiomegaly|Emphysema is resolved, then left out by --classes: not counted
+    assert first["multilabel"]["resolved"] == 2 and first["multilabel"]["skipped"] == 0
     assert by_split(manifest(cxraug_workspace, "f"))["test"] == {"effusion": 2, "normal": 1}
     assert first["excluded_by_class"]["cardiomegaly"] == 2  # Cardiomegaly|Emphysema: no wanted finding
 
@@ -195,3 +197,22 @@ def test_tables_and_images_outside_the_root_are_refused(tmp_path: Path) -> None:
     (root / "Data_Entry_2017.csv").symlink_to(tmp_path / "outside" / "Data_Entry_2017.csv")
     with pytest.raises(DataError, match="is a link to .*outside the dataset folder"):
         list(NIHAdapter().records(root))
+
+
+def test_multilabel_counts_only_kept_images_and_says_why_nothing_is_left(
+    cxraug_cli, cxraug_workspace, tmp_path: Path
+) -> None:
+    root = _dataset(tmp_path / "nih")
+    first = prepare(
+        cxraug_cli, cxraug_workspace, "nih", root, "--classes", "effusion,normal",
+        "--multilabel", "first", name="counted",
+    )  # fmt: skip
+    kept_multi = [r for r in manifest(cxraug_workspace, "counted") if "|" in r["provenance"]]
+    assert first["multilabel"]["resolved"] == len(kept_multi)
+    assert first["multilabel"]["resolved_by_source"] == {"nih": len(kept_multi)}
+
+    result = cxraug_cli(
+        "data", "prepare", "nih", "--root", str(root), "--classes", "hernia", "--name", "none"
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "no images to prepare: --classes hernia left out every image (labels found:" in result.output

@@ -18,6 +18,7 @@ from PIL import Image
 import cxraug.data.prepare as prepare_mod
 from cxraug.data.decode_cache import cache_folder
 from cxraug.data.prepare import PrepareSettings, Source, prepare_dataset
+from cxraug.errors import DataError
 from cxraug.plugins.datasets.imagefolder import ImageFolderAdapter
 from cxraug.workspace import Workspace
 
@@ -167,3 +168,33 @@ def test_a_prepare_killed_with_sigkill_resumes(tree: Path, tmp_path: Path) -> No
     report = json.loads((ws / "data" / "t" / "report.json").read_text(encoding="utf-8"))
     assert 10 <= report["decoded_before_interruption"] <= done
     assert _contents(ws / "data" / "t") == _contents(clean)
+
+
+def test_a_failed_decode_is_tried_again(tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file that failed (say, for want of a decoder the user then installs) is not cached as failed."""
+    ws = Workspace(tmp_path / "ws")
+    broken = sorted(tree.rglob("*.png"))[3]
+
+    def failing(args):  # type: ignore[no-untyped-def]
+        if Path(args[0]) == broken:
+            return False, "no installed decoder reads it", "", 0
+        return REAL_DECODE(args)
+
+    monkeypatch.setattr(prepare_mod, "_decode_one", failing)
+    with pytest.raises(DataError, match="--strict: 1 file"):
+        _prepare(ws, tree, strict=True)
+    calls = _count_decodes(monkeypatch)
+    _, report = _prepare(ws, tree, strict=True)
+    assert len(calls) == 1 and report["decoded_before_interruption"] == N - 1 and not report["skipped"]
+
+
+def test_data_list_names_what_an_interrupted_prepare_left(
+    tree: Path, monkeypatch: pytest.MonkeyPatch, cxraug_cli, cxraug_workspace: Workspace
+) -> None:
+    _count_decodes(monkeypatch, stop_after=5)
+    with pytest.raises(KeyboardInterrupt):
+        _prepare(cxraug_workspace, tree)
+    result = cxraug_cli("data", "list")
+    assert result.exit_code == 0, result.output
+    flat = " ".join(result.output.split())
+    assert "An interrupted `data prepare --name t` left" in flat and "run that prepare again" in flat

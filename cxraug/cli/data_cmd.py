@@ -25,6 +25,7 @@ from cxraug.cli.common import (
     print_json,
     workspace_from,
 )
+from cxraug.data.decode_cache import leftover_caches
 from cxraug.data.prepare import (
     PrepareResult,
     PrepareSettings,
@@ -191,6 +192,7 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
             return
         if not infos:
             console.print(f"No prepared datasets in {ws.root}. `cxraug data prepare phantom` makes the demo.")
+            _say_leftovers(ws)
             return
         table = Table(title=f"datasets in {ws.data_dir}")
         for col in ("name", "images", "classes", "size", "sources", "created"):
@@ -210,6 +212,7 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
                 info["created"][:19],
             )
         console.print(table)
+        _say_leftovers(ws)
 
     @data.command("show")
     @handle_errors
@@ -286,3 +289,13 @@ def _summary(result: PrepareResult) -> None:
         for s in report["skipped"][:5]:
             console.print(escape(f"  {s['original']}: {s['reason']}"), highlight=False)
     console.print(f"report: {ds.path / 'prepare-report.md'}")
+
+
+def _say_leftovers(ws: Workspace) -> None:
+    """Decoded images an interrupted prepare left (hidden folders that can hold gigabytes)."""
+    for name, folder, size in leftover_caches(ws.data_dir):
+        console.print(
+            f"[yellow]An interrupted `data prepare --name {escape(name)}` left {size / 2**20:.0f} MiB of "
+            f"decoded images in {escape(str(folder))}[/]: run that prepare again to resume, or "
+            "delete the folder."
+        )

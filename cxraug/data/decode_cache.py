@@ -2,7 +2,8 @@
 
 The cache is ``data/.NAME.decoding/``: ``params.json`` (what decoding depends on), ``pixels.bin``
 (one raw ``size x size`` uint8 row per decoded image, appended as images finish) and
-``index.jsonl`` (one line per image: its key, row, sha256, pHash or the reason it failed). A row's
+``index.jsonl`` (one line per decoded image: its key, row, sha256 and pHash). Failures are not
+kept: a file that failed (say, for want of a DICOM decoder since installed) is tried again. A row's
 pixels are written before its index line, so a process killed at any point leaves an index that
 only names complete rows; a torn last line is ignored. A file's key is its absolute path, size and
 modification time, so an edited file is decoded again. The folder goes once the dataset is in place.
@@ -31,6 +32,17 @@ FLUSH_S = 0.5
 
 def cache_folder(data_dir: Path, name: str) -> Path:
     return data_dir / f".{name}.decoding"
+
+
+def leftover_caches(data_dir: Path) -> list[tuple[str, Path, int]]:
+    """(dataset name, folder, bytes) of every decode cache an interrupted prepare left in ``data_dir``."""
+    found = []
+    if data_dir.is_dir():
+        for folder in sorted(data_dir.glob(".*.decoding")):
+            if folder.is_dir() and not folder.is_symlink():
+                size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+                found.append((folder.name[1 : -len(".decoding")], folder, size))
+    return found
 
 
 def source_key(image: Any) -> str | None:
@@ -95,9 +107,7 @@ class DecodeCache:
         cache = cls(folder, size, params)
         if folder.is_dir():
             if cache._load():
-                if cache.entries:
-                    n = len(cache.entries)
-                    log.info("reused %d decoded images from an interrupted prepare (%s)", n, folder)
+                log.debug("%s holds %d decoded images", folder, len(cache.entries))
             else:
                 log.info("%s was left by a prepare with other settings; decoding afresh", folder)
                 shutil.rmtree(folder)
@@ -128,7 +138,8 @@ class DecodeCache:
                         break  # torn last line of a killed run
                     if row >= n_rows:
                         break
-                    self.entries[key] = Entry(row, sha, phash, error)
+                    if error is None and row >= 0:
+                        self.entries[key] = Entry(row, sha, phash, None)
         except OSError:
             return False
         self.reusable = len(self.entries)
@@ -159,7 +170,7 @@ class DecodeCache:
                 view = view[os.write(self._pixels_fd, view) :]
             row = self.rows
             self.rows += 1
-        if key is not None:  # entries stay on disk: a fresh run's memory does not grow with them
+        if key is not None and error is None:  # on disk only: memory does not grow with them
             self._index.write(json.dumps([key, row, sha256, phash, error]) + "\n")
             self.reusable += 1
             if time.monotonic() - self._flushed > FLUSH_S:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -10,6 +11,9 @@ import logging
 import multiprocessing
 import os
 import shutil
+import signal
+import sys
+import threading
 from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -136,6 +140,29 @@ BATCH = 32
 IN_FLIGHT_PER_WORKER = 4
 
 
+@contextlib.contextmanager
+def _starting_workers() -> Iterator[None]:
+    """While decoding workers start: they ignore Ctrl-C (the parent stops them, so one Ctrl-C gives
+    one line, not a traceback per worker), and they do not import the parent's ``__main__`` again
+    (spawn would: for the ``cxraug`` command that is the whole CLI, seconds per worker)."""
+    main = sys.modules.get("__main__")
+    saved = dict(main.__dict__) if main is not None else {}
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main_thread else None
+    try:
+        if main is not None:
+            main.__dict__.pop("__file__", None)
+            main.__spec__ = None
+        yield
+    finally:
+        if main is not None:
+            for key in ("__file__", "__spec__"):
+                if key in saved:
+                    main.__dict__[key] = saved[key]
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
 def _one_thread_per_worker() -> None:
     """Decoding workers run side by side: torch's intra-op threads (in ``resize``) would only contend."""
     import torch
@@ -162,15 +189,16 @@ def _collect(sources: list[Source], settings: PrepareSettings) -> tuple[list[Rec
     records: list[Record] = []
     excluded: Counter[str] = Counter()
     multilabel_skipped: Counter[str] = Counter()
-    multilabel_resolved = 0
+    multilabel_resolved: Counter[str] = Counter()
     notes: list[str] = []
     for source in sources:
         adapter = source.adapter
-        n_before = len(records)
+        n_before, yielded = len(records), 0
         root = DatasetRoot(source.root) if source.root is not None else None
         valid = set(VOCABULARY) | set(adapter.labels())
         declared = tuple(adapter.labels())
         for rec in adapter.records(source.root):
+            yielded += 1
             if rec.refused is not None and rec.label not in valid:
                 # Refused before its label could be read (a malformed label field): listed under
                 # skipped, never matched against --classes or --map.
@@ -183,18 +211,20 @@ def _collect(sources: list[Source], settings: PrepareSettings) -> tuple[list[Rec
                         f"{adapter.name} produced unknown label {finding!r} for {rec.original} "
                         "(an adapter yields its declared labels(); --map targets must be valid labels)"
                     )
-            if len(set(findings)) > 1:
+            several = len(set(findings)) > 1
+            if several:
                 chosen = resolve_findings(findings, settings.multilabel, settings.classes, declared)
                 if chosen is None:
                     multilabel_skipped[adapter.name] += 1
                     continue
-                multilabel_resolved += 1
                 label = chosen
             else:
                 label = settings.label_map.get(rec.label, rec.label)
             if settings.classes and label not in settings.classes:
                 excluded[label] += 1
                 continue
+            if several:  # counted only when it stays (not when --classes then leaves it out)
+                multilabel_resolved[adapter.name] += 1
             if label != rec.label:
                 rec = dataclasses.replace(rec, label=label)
             if findings:
@@ -207,13 +237,20 @@ def _collect(sources: list[Source], settings: PrepareSettings) -> tuple[list[Rec
                     rec = dataclasses.replace(rec, refused=f"{adapter.name}: {escape}")
             records.append(rec)
         notes.extend(f"{adapter.name}: {note}" for note in adapter.notes())
-        if len(records) == n_before:
+        if not yielded:
             log.warning("%s yielded no images under %s", adapter.name, source.root)
+        elif len(records) == n_before:
+            log.warning(
+                "%s: none of its %d images is kept (--classes, --multilabel); see the counts below",
+                adapter.name,
+                yielded,
+            )
     multilabel = {
         "policy": settings.multilabel,
         "skipped": sum(multilabel_skipped.values()),
         "skipped_by_source": dict(multilabel_skipped),
-        "resolved": multilabel_resolved,
+        "resolved": sum(multilabel_resolved.values()),
+        "resolved_by_source": dict(multilabel_resolved),
     }
     return records, {"excluded_by_class": dict(excluded), "notes": notes, "multilabel": multilabel}
 
@@ -257,6 +294,8 @@ def _decode_all(records: list[Record], settings: PrepareSettings, cache: DecodeC
         else:
             store(i, hit)
             out.reused += 1
+    if out.reused:
+        log.info("reused %d decoded images from an interrupted prepare (%s)", out.reused, cache.folder)
     workers = settings.workers or min(4, os.cpu_count() or 1)
     # Room for the decoded rows still to come and the final images.npy, before an hour of decoding
     # ends in "disk full" (the writes can still meet a full disk: that is an error too, not a crash).
@@ -283,16 +322,24 @@ def _decode_all(records: list[Record], settings: PrepareSettings, cache: DecodeC
                 progress.advance(task)
             batches = [files[k : k + BATCH] for k in range(0, len(files), BATCH)]
             ctx = multiprocessing.get_context("spawn")
-            with cf.ProcessPoolExecutor(
+            pool = cf.ProcessPoolExecutor(
                 max_workers=workers, mp_context=ctx, initializer=_one_thread_per_worker
-            ) as pool:
-                pending: deque[tuple[list[tuple[int, str | None]], cf.Future]] = deque()
-                for batch in batches:
-                    pending.append((batch, pool.submit(_decode_batch, [args(i) for i, _ in batch])))
+            )
+            pending: deque[tuple[list[tuple[int, str | None]], cf.Future]] = deque()
+            try:
+                for k, batch in enumerate(batches):
+                    # The pool starts a worker per submit until it has them all.
+                    with _starting_workers() if k < workers else contextlib.nullcontext():
+                        future = pool.submit(_decode_batch, [args(i) for i, _ in batch])
+                    pending.append((batch, future))
                     while len(pending) >= IN_FLIGHT_PER_WORKER * workers:
                         _finish(pending.popleft(), keep, progress, task)
                 while pending:
                     _finish(pending.popleft(), keep, progress, task)
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)  # Ctrl-C: only running batches finish
+                raise
+            pool.shutdown(wait=True)
         else:
             for i, key in todo:
                 keep(i, key, _decode_one(args(i)))
@@ -342,15 +389,30 @@ def _check_name_free(workspace: Workspace, settings: PrepareSettings) -> None:
         )
 
 
+def _nothing_kept(collected: dict[str, Any], settings: PrepareSettings) -> str:
+    """Why no image is left, with the counts that say so (the notes are never shown otherwise)."""
+    excluded, multi = collected["excluded_by_class"], collected["multilabel"]
+    reasons = []
+    if excluded:
+        found = ", ".join(f"{label} {n}" for label, n in sorted(excluded.items()))
+        reasons.append(f"--classes {','.join(settings.classes)} left out every image (labels found: {found})")
+    if multi["skipped"]:
+        reasons.append(
+            f"{multi['skipped']} images with several findings were skipped (--multilabel skip; "
+            "first or priority keeps them)"
+        )
+    if not reasons:
+        reasons.append("the adapters yielded no images: check --root and the adapter's options")
+    notes = "; ".join(collected["notes"][:3])
+    return "no images to prepare: " + "; ".join(reasons) + (f" (notes: {notes})" if notes else "")
+
+
 def _prepare_locked(workspace: Workspace, sources: list[Source], settings: PrepareSettings) -> PrepareResult:
     _check_name_free(workspace, settings)  # again under the lock: another writer may have finished
     final_dir = workspace.dataset_dir(settings.name)
     records, collected = _collect(sources, settings)
     if not records:
-        raise DataError(
-            "no images found: check --root and the adapter's options "
-            "(`cxraug plugins list --kind dataset`), and that --classes matches the labels"
-        )
+        raise DataError(_nothing_kept(collected, settings))
     tmp_dir = workspace.data_dir / work_folder_name(settings.name)
     shutil.rmtree(tmp_dir, ignore_errors=True)
     cache: DecodeCache | None = None
@@ -520,8 +582,14 @@ def _prepare_into(
     counts = {
         s: dict(sorted(Counter(records[i].label for i, sp in final if sp == s).items())) for s in SPLITS
     }
-    patients = {f"{records[i].source}:{records[i].patient_id}" for i, _ in final if records[i].patient_id}
+    per_patient = Counter(
+        f"{records[i].source}:{records[i].patient_id}" for i, _ in final if records[i].patient_id
+    )
+    patients = set(per_patient)
     official = any(rec.split is not None for rec in records)
+    warnings = _split_warnings(counts, per_patient, len(final), settings, official)
+    for warning in warnings:
+        log.warning("%s", warning)
     report = {
         "name": settings.name,
         "images": len(final),
@@ -539,6 +607,7 @@ def _prepare_into(
         "conflicts": conflicts,
         "excluded_by_class": collected["excluded_by_class"],
         "multilabel": collected["multilabel"],
+        "warnings": warnings,
         "notes": collected["notes"],
         "split_method": (
             "official split of the source(s); rows without one by patient-level stratified ratios"
@@ -608,6 +677,40 @@ def _prepare_into(
     return PrepareResult(dataset, report)
 
 
+#: A patient id holding more than this share of a dataset's images (of at least 20) is suspect: an
+#: anonymiser that wrote one placeholder (``ANONYMOUS``) into every file makes one "patient".
+DOMINANT_PATIENT_SHARE = 0.5
+
+
+def _split_warnings(
+    counts: dict[str, dict[str, int]],
+    per_patient: Counter[str],
+    n: int,
+    settings: PrepareSettings,
+    official: bool,
+) -> list[str]:
+    """What makes the splits unusable for a study, said in the report rather than found later."""
+    warnings = []
+    top = per_patient.most_common(1)
+    if top and n >= 20 and top[0][1] > DOMINANT_PATIENT_SHARE * n:
+        pid, k = top[0]
+        warnings.append(
+            f"one patient id ({pid}) holds {k} of {n} images, and a patient's images share a split: "
+            "if the ids are placeholders (anonymised DICOMs), splits are meaningless; fix the ids or "
+            "use a source with real ones"
+        )
+    for split, share in zip(SPLITS, settings.ratios, strict=True):
+        if not counts.get(split):
+            if official:
+                why = "the source's official split has none (e.g. chexpert: --opt valid_split=test)"
+            elif share == 0:
+                continue
+            else:
+                why = "too few patients or images for --split"
+            warnings.append(f"the {split} split is empty: {why}")
+    return warnings
+
+
 def _resolve_conflicts(
     groups: list[list[int]], records: list[Record], digests: list[str], policy: str
 ) -> tuple[list[dict[str, Any]], dict[int, str]]:
@@ -668,6 +771,7 @@ def render_report(report: dict[str, Any], synthetic: bool) -> str:
         f"- split: {report['split_method']}",
         f"- resize: {report['resize']}",
         f"- exact duplicate copies found: {report['exact_duplicates']}",
+        f"- decoded by an interrupted earlier run and reused: {report.get('decoded_before_interruption', 0)}",
         f"- near-duplicate pairs kept in one split: {len(report['near_duplicate_pairs'])}",
         f"- duplicate groups with conflicting labels: {len(report.get('conflicts', []))}",
         f"- files skipped (unreadable or refused): {len(report['skipped'])}",
@@ -679,6 +783,8 @@ def render_report(report: dict[str, Any], synthetic: bool) -> str:
     lines.append("|---" * (len(labels) + 1) + "|")
     for split, counts in report["counts"].items():
         lines.append(f"| {split} | " + " | ".join(str(counts.get(lb, 0)) for lb in labels) + " |")
+    if report.get("warnings"):
+        lines += ["", "## Warnings", ""] + [f"- **{w}**" for w in report["warnings"]]
     if report["notes"]:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
     if report["excluded_by_class"]:

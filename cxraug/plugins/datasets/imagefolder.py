@@ -13,7 +13,7 @@ from pydantic import Field, field_validator
 
 from cxraug import hookimpl
 from cxraug.data.paths import DatasetRoot
-from cxraug.dicomio import DicomError, is_dicom, read_header
+from cxraug.dicomio import DicomError, is_dicom, is_raw_dicom, read_header
 from cxraug.errors import DataError
 from cxraug.hookspecs import Register
 from cxraug.interfaces import DatasetAdapter, PluginOptions, Record
@@ -25,6 +25,7 @@ from cxraug.labels import (
     PNEUMONIA_BACTERIAL,
     PNEUMONIA_VIRAL,
     VOCABULARY,
+    is_label_name,
 )
 
 IMAGE_SUFFIXES: tuple[str, ...] = (
@@ -110,7 +111,8 @@ class ImageFolderOptions(PluginOptions):
     label_map: dict[str, str] = Field(
         default_factory=dict,
         description="folder name -> label for folders the built-in aliases do not know "
-        "(names match case-insensitively)",
+        "(names match case-insensitively); a core label, or a new lower-case name such as "
+        "tuberculosis, which the adapter then declares",
     )
     ignore: tuple[str, ...] = Field(default=(), description="folder names to skip (case-insensitive)")
 
@@ -118,9 +120,10 @@ class ImageFolderOptions(PluginOptions):
     @classmethod
     def _canonical(cls, value: dict[str, str]) -> dict[str, str]:
         for folder, label in value.items():
-            if label not in VOCABULARY:
+            if label not in VOCABULARY and not is_label_name(label):
                 raise ValueError(
-                    f"folder {folder!r}: unknown label {label!r}; valid labels are {', '.join(VOCABULARY)}"
+                    f"folder {folder!r}: label {label!r} is neither a core label ({', '.join(VOCABULARY)}) "
+                    "nor a lower-case snake_case name (a-z, 0-9, _) such as tuberculosis"
                 )
         return value
 
@@ -151,6 +154,11 @@ class ImageFolderAdapter(DatasetAdapter[ImageFolderOptions]):
         opts = self.options
         self._label_map = {k.strip().lower(): v for k, v in opts.label_map.items()}
         self._ignore = {name.strip().lower() for name in opts.ignore}
+
+    def labels(self) -> tuple[str, ...]:
+        """The core labels, and any new label ``label_map`` names (``Tuberculosis=tuberculosis``)."""
+        extra = sorted({lb for lb in self.options.label_map.values() if lb not in VOCABULARY})
+        return (*VOCABULARY, *extra)
 
     def notes(self) -> list[str]:
         return list(self._notes)
@@ -280,7 +288,8 @@ class ImageFolderAdapter(DatasetAdapter[ImageFolderOptions]):
                 f"holds with --opt 'label_map.{folder.name}=LABEL' (or label_map in the "
                 f"[dataset.imagefolder] table of --config), or skip it with --opt "
                 f"'ignore={folder.name}'; --map merges canonical labels, it does not rename "
-                f"folders. Valid labels: {', '.join(VOCABULARY)}"
+                f"folders. Core labels: {', '.join(VOCABULARY)}; label_map may also name a new "
+                "lower-case label (e.g. tuberculosis)"
             )
         return label
 
@@ -331,7 +340,7 @@ def _kind(path: Path, look_inside: bool) -> str | None:
         return "image"
     if name.endswith(DICOM_SUFFIXES):
         return "dicom"
-    return "dicom" if look_inside and is_dicom(path) else None
+    return "dicom" if look_inside and (is_dicom(path) or is_raw_dicom(path)) else None
 
 
 def _dicom_ids(path: Path) -> tuple[str | None, str | None]:
