@@ -216,3 +216,11 @@ def test_multilabel_counts_only_kept_images_and_says_why_nothing_is_left(
     )  # fmt: skip
     assert result.exit_code == 2
     assert "no images to prepare: --classes hernia left out every image (labels found:" in result.output
+
+
+def test_prefixed_option_with_a_single_source(cxraug_cli, tmp_path: Path) -> None:
+    """``--opt nih.views=PA`` (the spelling several sources need) works with one source too."""
+    root = _dataset(tmp_path / "nih")
+    result = cxraug_cli("data", "prepare", "nih", "--root", str(root), "--opt", "nih.views=PA", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert '"PA"' in result.output and '"AP"' not in result.output

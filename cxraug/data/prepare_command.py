@@ -145,7 +145,12 @@ def build_sources(
                 f"e.g. --opt {parsed[0][0]}.{stray[0]}=..."
             )
     else:
-        per_adapter = {parsed[0][0]: opts}
+        name = parsed[0][0]
+        # --opt nih.views=PA with one source: the prefix is what several sources need; accept it.
+        prefixed = opts.get(name) if isinstance(opts.get(name), dict) else None
+        per_adapter = (
+            {name: {**{k: v for k, v in opts.items() if k != name}, **prefixed}} if prefixed else {name: opts}
+        )
     built = []
     for name, path in parsed:
         cls = registry.dataset(name)
