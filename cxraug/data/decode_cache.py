@@ -1,7 +1,8 @@
 """Decoded pixels of one ``data prepare``, kept across an interruption so a rerun decodes only what is new.
 
 The cache is ``data/.NAME.decoding/``: ``params.json`` (what decoding depends on), ``pixels.bin``
-(one raw ``size x size`` uint8 row per decoded image, appended as images finish) and
+(one raw row per decoded image, appended as images finish: its ``size x size`` uint8 pixels, then
+its ``extra`` bytes, the near-duplicate descriptor) and
 ``index.jsonl`` (one line per decoded image: its key, row, sha256 and pHash). Failures are not
 kept: a file that failed (say, for want of a DICOM decoder since installed) is tried again. A row's
 pixels are written before its index line, so a process killed at any point leaves an index that
@@ -68,18 +69,31 @@ class Entry:
 
 
 class RowReader:
-    """Rows of a raw ``(n, size, size)`` uint8 file, read with ``pread`` (no mapping stays resident)."""
+    """Rows of the cache's raw file, read with ``pread`` (no mapping stays resident)."""
 
-    def __init__(self, path: Path, size: int) -> None:
+    def __init__(self, path: Path, size: int, extra: int = 0) -> None:
         self.size = size
-        self.row_bytes = size * size
+        self.extra = extra
+        self.row_bytes = size * size + extra
         self._fd = os.open(path, os.O_RDONLY)
 
-    def __call__(self, row: int) -> np.ndarray:
-        data = os.pread(self._fd, self.row_bytes, row * self.row_bytes)
-        if len(data) != self.row_bytes:
+    def _read(self, row: int, offset: int, length: int) -> bytes:
+        data = os.pread(self._fd, length, row * self.row_bytes + offset)
+        if len(data) != length:
             raise RuntimeError(f"decode cache row {row} is incomplete ({len(data)} bytes)")
+        return data
+
+    def __call__(self, row: int) -> np.ndarray:
+        """The decoded image of ``row``."""
+        data = self._read(row, 0, self.size * self.size)
         return np.frombuffer(data, dtype=np.uint8).reshape(self.size, self.size)
+
+    def extras(self, rows: np.ndarray) -> np.ndarray:
+        """The ``extra`` bytes (descriptors) of ``rows``, as a (len(rows), extra) uint8 array."""
+        out = np.empty((len(rows), self.extra), dtype=np.uint8)
+        for k, row in enumerate(rows):
+            out[k] = np.frombuffer(self._read(int(row), self.size * self.size, self.extra), dtype=np.uint8)
+        return out
 
     def close(self) -> None:
         os.close(self._fd)
@@ -88,11 +102,12 @@ class RowReader:
 class DecodeCache:
     """Append-only store of decoded rows for one dataset name (used under the dataset's lock)."""
 
-    def __init__(self, folder: Path, size: int, params: dict[str, Any]) -> None:
+    def __init__(self, folder: Path, size: int, params: dict[str, Any], extra: int = 0) -> None:
         self.folder = folder
         self.size = size
-        self.row_bytes = size * size
-        self.params = {"format": CACHE_FORMAT, "size": size, **params}
+        self.extra = extra
+        self.row_bytes = size * size + extra
+        self.params = {"format": CACHE_FORMAT, "size": size, "extra": extra, **params}
         self.entries: dict[str, Entry] = {}
         self.rows = 0
         #: Images a rerun could reuse (in-memory arrays are not indexed: they decode in no time).
@@ -102,9 +117,9 @@ class DecodeCache:
         self._flushed = time.monotonic()
 
     @classmethod
-    def open(cls, folder: Path, size: int, params: dict[str, Any]) -> DecodeCache:
+    def open(cls, folder: Path, size: int, params: dict[str, Any], extra: int = 0) -> DecodeCache:
         """The cache in ``folder``: what an interrupted run with the same params left, or a new one."""
-        cache = cls(folder, size, params)
+        cache = cls(folder, size, params, extra)
         if folder.is_dir():
             if cache._load():
                 log.debug("%s holds %d decoded images", folder, len(cache.entries))
@@ -157,14 +172,22 @@ class DecodeCache:
         return self.entries.get(key) if key is not None else None
 
     def add(
-        self, key: str | None, img: np.ndarray | None, sha256: str, phash: int, error: str | None
+        self,
+        key: str | None,
+        img: np.ndarray | None,
+        sha256: str,
+        phash: int,
+        error: str | None,
+        extra: np.ndarray | None = None,
     ) -> Entry:
-        """Store one outcome (the pixels first, then the index line naming them)."""
+        """Store one outcome (the pixels and extra bytes first, then the index line naming them)."""
         row = -1
         if img is not None:
             data = np.ascontiguousarray(img, dtype=np.uint8).tobytes()
+            if self.extra:
+                data += np.ascontiguousarray(extra, dtype=np.uint8).tobytes()
             if len(data) != self.row_bytes:
-                raise ValueError(f"decoded image has {len(data)} bytes, expected {self.row_bytes}")
+                raise ValueError(f"decoded row has {len(data)} bytes, expected {self.row_bytes}")
             view = memoryview(data)
             while view:
                 view = view[os.write(self._pixels_fd, view) :]
@@ -184,7 +207,7 @@ class DecodeCache:
 
     def reader(self) -> RowReader:
         self.flush()
-        return RowReader(self.folder / "pixels.bin", self.size)
+        return RowReader(self.folder / "pixels.bin", self.size, self.extra)
 
     def close(self) -> None:
         if self._index is not None:
