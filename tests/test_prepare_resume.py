@@ -177,7 +177,7 @@ def test_a_failed_decode_is_tried_again(tree: Path, tmp_path: Path, monkeypatch:
 
     def failing(args):  # type: ignore[no-untyped-def]
         if Path(args[0]) == broken:
-            return False, "no installed decoder reads it", "", 0
+            return False, "no installed decoder reads it", "", 0, None
         return REAL_DECODE(args)
 
     monkeypatch.setattr(prepare_mod, "_decode_one", failing)

@@ -24,7 +24,14 @@ import numpy as np
 
 from cxraug import __version__
 from cxraug.data.decode_cache import DecodeCache, Entry, cache_folder, source_key
-from cxraug.data.dedup import SAME_PICTURE_CORRELATION, UnionFind, leakage_groups, near_duplicates
+from cxraug.data.dedup import (
+    DESCRIPTOR_LENGTH,
+    SAME_PICTURE_SCORE,
+    UnionFind,
+    describe,
+    leakage_groups,
+    near_duplicates,
+)
 from cxraug.data.paths import DatasetRoot
 from cxraug.data.prepared import FORMAT_VERSION, PreparedDataset, swap_in, write_manifest
 from cxraug.data.splits import HELD_OUT_RANK, SPLITS, assign_splits
@@ -120,16 +127,20 @@ class PrepareResult:
     report: dict[str, Any]
 
 
-def _decode_one(args: tuple[Any, int, str, int, str]) -> tuple[bool, Any, str, int]:
+DecodeResult = tuple[bool, Any, str, int, "np.ndarray | None"]
+
+
+def _decode_one(args: tuple[Any, int, str, int, str]) -> DecodeResult:
+    """(ok, image or reason, sha256, pHash, near-duplicate descriptor), computed in the worker."""
     source, size, mode, max_pixels, dicom_voi = args
     try:
         img, digest, phash = decode_source(source, size, mode, max_pixels, dicom_voi)
     except ImageReadError as exc:
-        return False, str(exc), "", 0
-    return True, img, digest, phash
+        return False, str(exc), "", 0, None
+    return True, img, digest, phash, describe(img)
 
 
-def _decode_batch(batch: list[tuple[Any, int, str, int, str]]) -> list[tuple[bool, Any, str, int]]:
+def _decode_batch(batch: list[tuple[Any, int, str, int, str]]) -> list[DecodeResult]:
     """Several images per task: one pickled round trip per batch, not per (small) image."""
     return [_decode_one(args) for args in batch]
 
@@ -305,10 +316,10 @@ def _decode_all(records: list[Record], settings: PrepareSettings, cache: DecodeC
         s = settings
         return (records[i].image, s.size, s.resize, s.max_pixels, s.dicom_voi)
 
-    def keep(i: int, key: str | None, result: tuple[bool, Any, str, int]) -> None:
-        ok, payload, digest, phash = result
+    def keep(i: int, key: str | None, result: DecodeResult) -> None:
+        ok, payload, digest, phash, descriptor = result
         if ok:
-            store(i, cache.add(key, payload, digest, phash, None))
+            store(i, cache.add(key, payload, digest, phash, None, descriptor))
         else:
             store(i, cache.add(key, None, "", 0, payload))
 
@@ -428,6 +439,7 @@ def _prepare_locked(workspace: Workspace, sources: list[Source], settings: Prepa
                     "max_pixels": settings.max_pixels,
                     "dicom_voi": settings.dicom_voi,
                 },
+                extra=DESCRIPTOR_LENGTH,
             )
             result = _prepare_into(tmp_dir, final_dir, records, collected, sources, settings, cache)
     except BaseException:
@@ -477,20 +489,17 @@ def _prepare_into(
         )
 
     # Duplicate groups: identical files (one sha256), joined by near-duplicate pixels (found among
-    # one copy per sha256: pHash candidates confirmed by thumbnail correlation).
+    # one copy per sha256: descriptor-index candidates confirmed by aligned band-pass correlation).
     by_digest: dict[str, list[int]] = {}
     for i in ok:
         by_digest.setdefault(digests[i], []).append(i)
     reps = [copies[0] for copies in by_digest.values()]
-    near = near_duplicates(
-        np.array([phashes[i] for i in reps], dtype=np.uint64),
-        lambda k: pixels(int(rows_of[reps[k]])),
-    )
+    near = near_duplicates(pixels.extras(rows_of[reps]))
     joined, same_picture = UnionFind(len(reps)), UnionFind(len(reps))
-    for a, b, corr in near:
-        joined.union(a, b)
-        if corr >= SAME_PICTURE_CORRELATION:
-            same_picture.union(a, b)
+    for match in near:
+        joined.union(match.i, match.j)
+        if match.score >= SAME_PICTURE_SCORE:
+            same_picture.union(match.i, match.j)
 
     def expand(groups: dict[int, list[int]]) -> list[list[int]]:
         """Groups (of representatives) as record indices, only those with more than one copy."""
@@ -532,11 +541,19 @@ def _prepare_into(
         members = [position[i] for i in group if i in position]
         together += [(members[0], k, 1.0) for k in members[1:]]
     near_report = []
-    for a, b, corr in near:
-        ka, kb = first_kept.get(digests[reps[a]]), first_kept.get(digests[reps[b]])
+    for match in near:
+        ka, kb = first_kept.get(digests[reps[match.i]]), first_kept.get(digests[reps[match.j]])
         if ka is not None and kb is not None:
             near_report.append(
-                {"a": records[ka].original, "b": records[kb].original, "correlation": round(corr, 4)}
+                {
+                    "a": records[ka].original,
+                    "b": records[kb].original,
+                    "correlation": round(match.score, 4),
+                    "same_picture": match.score >= SAME_PICTURE_SCORE,
+                    "scale": round(match.scale, 3),
+                    "rotation_deg": round(match.rotation_deg, 1),
+                    "shift_px": [round(match.shift[0] * size, 1), round(match.shift[1] * size, 1)],
+                }
             )
     groups = leakage_groups(
         [f"{records[i].source}:{records[i].patient_id}" if records[i].patient_id else None for i in kept],

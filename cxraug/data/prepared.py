@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from cxraug.data.dedup import near_duplicates
+from cxraug.data.dedup import DESCRIPTOR_LENGTH, describe, near_duplicates
 from cxraug.data.splits import SPLITS
 from cxraug.errors import DataError
 from cxraug.fileio import file_sha256, work_folder_name
@@ -255,13 +255,16 @@ class PreparedDataset:
                     )
         if self.info.get("manifest_sha256") == file_sha256(where):
             return  # unchanged since prepare, which already separated near-duplicates
-        hashes = np.array([int(r["phash"], 16) for r in self.rows], dtype=np.uint64)
-        for i, j, corr in near_duplicates(hashes, lambda k: np.asarray(self.images[k])):
+        # The same search as prepare's, descriptors recomputed from the stored images.
+        descriptors = np.array([describe(np.asarray(img)) for img in self.images], np.uint8)
+        descriptors = descriptors.reshape(len(self.images), DESCRIPTOR_LENGTH)
+        for match in near_duplicates(descriptors):
+            i, j = match.i, match.j
             a, b = self.rows[i], self.rows[j]
             if a["split"] != b["split"]:
                 raise DataError(
                     f"{where}:{i + 2} and line {j + 2}: near-duplicate images (correlation "
-                    f"{corr:.3f}) in splits {a['split']} and {b['split']}; re-run "
+                    f"{match.score:.3f}) in splits {a['split']} and {b['split']}; re-run "
                     "`cxraug data prepare` instead of editing the manifest by hand"
                 )
 
