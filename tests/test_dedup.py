@@ -140,6 +140,9 @@ def test_index_finds_what_the_exact_search_finds(xrays: list[np.ndarray], pneumo
     assert len(exact & probed) >= 0.8 * len(exact)
     n, m = len(pneumoniamnist), len(xrays)
     assert {(n + k, n + m + k) for k in range(m)} <= probed
+    # ``rows`` searches a subset in place (prepare passes one row per distinct file).
+    subset = np.arange(0, len(desc), 2)
+    assert np.array_equal(candidate_pairs(desc, rows=subset), candidate_pairs(desc[subset]))
 
 
 def test_shifted_copy_in_another_split_folder_shares_the_split(shared_data: Path, tmp_path: Path) -> None:

@@ -95,8 +95,32 @@ class RowReader:
             out[k] = np.frombuffer(self._read(int(row), self.size * self.size, self.extra), dtype=np.uint8)
         return out
 
+    def extras_view(self, rows: np.ndarray) -> ExtrasView:
+        """The ``extra`` bytes of ``rows`` as a lazy array: indexing reads only the rows asked for."""
+        return ExtrasView(self, np.asarray(rows, dtype=np.int64))
+
     def close(self) -> None:
         os.close(self._fd)
+
+
+class ExtrasView:
+    """A (len(rows), extra) uint8 array read from the cache on indexing (duplicate search reads its
+    descriptors in chunks, so they never all sit in memory at once)."""
+
+    dtype = np.dtype(np.uint8)
+    ndim: int = 2
+
+    def __init__(self, reader: RowReader, rows: np.ndarray) -> None:
+        self._reader, self._rows = reader, rows
+        self.shape: tuple[int, ...] = (len(rows), reader.extra)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        if isinstance(index, (int, np.integer)):
+            return self._reader.extras(self._rows[[int(index)]])[0]
+        return self._reader.extras(self._rows[index])
 
 
 class DecodeCache:

@@ -16,8 +16,8 @@ Near-duplicates (docs/deduplication.md; measured by ``benchmarks/bench_dedup.py`
    gain and offset, fitted coarse to fine by Tukey-weighted Gauss-Newton on 16 and 32 px versions
    (padding bars, uniform frames and black fill masked out, so a label or a border does not pull
    the fit), then scored at 64 px: the 30th percentile over 8 px tiles of the correlation of the
-   aligned difference-of-Gaussians band. The band was not used by the fit, so two distinct X-rays
-   cannot be warped until their rib patterns line up; copies of one picture share that detail.
+   aligned difference-of-Gaussians band. Copies of one picture share that detail everywhere;
+   distinct X-rays, however alike in outline, agree in part of the image at most.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol, Union
 
 import numpy as np
 from PIL import Image
@@ -176,8 +177,28 @@ def _views_of(img: np.ndarray) -> np.ndarray:
     return out.ravel()
 
 
-def _check(descriptors: np.ndarray) -> np.ndarray:
-    d = np.asarray(descriptors)
+class RowArray(Protocol):
+    """What the search needs of its descriptors: an ndarray, or a lazy one read on indexing."""
+
+    shape: tuple[int, ...]
+    ndim: int
+    dtype: np.dtype[Any]
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: Any) -> np.ndarray: ...
+
+
+Descriptors = Union[np.ndarray, RowArray]  # noqa: UP007 (a runtime alias)
+
+
+def _check(descriptors: Descriptors) -> Any:
+    # A lazy array (the decode cache's ExtrasView) is indexed as it is: rows are read when used.
+    d = (
+        descriptors
+        if hasattr(descriptors, "shape") and hasattr(descriptors, "dtype")
+        else np.asarray(descriptors)
+    )
     if d.ndim != 2 or d.shape[1] != DESCRIPTOR_LENGTH or d.dtype != np.uint8:
         raise ValueError(f"descriptors must be uint8 (n, {DESCRIPTOR_LENGTH}), got {d.dtype} {d.shape}")
     return d
@@ -189,14 +210,14 @@ def _views(d: np.ndarray) -> np.ndarray:
     return ((v - 128) / _QUANT).reshape(len(d), len(VIEWS), GRID * GRID)
 
 
-def _whitened(descriptors: np.ndarray, chunk: int = 8192) -> np.ndarray:
-    """(n, views, D) view vectors, whitened by the base views' principal components, unit length."""
+def _whitened(descriptors: Descriptors, rows: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    """(n, views, D) view vectors of ``rows``, whitened by the base views' principal components."""
     d = _check(descriptors)
-    n, dims = len(d), GRID * GRID
+    n, dims = len(rows), GRID * GRID
     # Mean and covariance of the base views, accumulated in chunks (memory stays flat in n).
     total, outer = np.zeros(dims), np.zeros((dims, dims))
     for start in range(0, n, chunk):
-        base = _views(d[start : start + chunk])[:, 0].astype(np.float64)
+        base = _views(d[rows[start : start + chunk]])[:, 0].astype(np.float64)
         total += base.sum(0)
         outer += base.T @ base
     mean = total / n
@@ -208,7 +229,7 @@ def _whitened(descriptors: np.ndarray, chunk: int = 8192) -> np.ndarray:
     proj = (vecs[:, order] * scale).astype(np.float32)
     out = np.empty((n, len(VIEWS), len(order)), np.float32)
     for start in range(0, n, chunk):
-        w = (_views(d[start : start + chunk]) - mean.astype(np.float32)) @ proj
+        w = (_views(d[rows[start : start + chunk]]) - mean.astype(np.float32)) @ proj
         out[start : start + chunk] = w / (np.linalg.norm(w, axis=-1, keepdims=True) + 1e-12)
     return out
 
@@ -264,19 +285,25 @@ def _search_block(
 
 
 def candidate_pairs(
-    descriptors: np.ndarray, k: int = CANDIDATES, cells: int | None = None, probes: int = PROBES
+    descriptors: Descriptors,
+    k: int = CANDIDATES,
+    cells: int | None = None,
+    probes: int = PROBES,
+    rows: np.ndarray | None = None,
 ) -> np.ndarray:
     """Pairs (i < j) to verify: each image with the ``k`` other images whose views are nearest its own.
 
     The search is an inverted-file index: spherical k-means ``cells`` (default 1, an exact search,
     under 4000 images; else about 2 sqrt(n)) hold every view; each image's base view is compared with
     the views in the ``probes`` cells nearest it. Memory holds the whitened views (n x 13 x 48
-    float32) and an n x k table; time grows as n^1.5.
+    float32) and an n x k table; time grows as n^1.5. With ``rows``, only those descriptor rows
+    take part (read in chunks: a memory-mapped array stays on disk) and pairs index into ``rows``.
     """
-    n = len(descriptors)
+    rows = np.arange(len(descriptors)) if rows is None else np.asarray(rows, dtype=np.int64)
+    n = len(rows)
     if n < 2:
         return np.empty((0, 2), dtype=np.int64)
-    vecs = _whitened(descriptors)
+    vecs = _whitened(descriptors, rows)
     views = vecs.shape[1]
     k = min(k, n - 1)
     best = (np.full((n, k), -np.inf, np.float32), np.full((n, k), -1, np.int64))
@@ -428,17 +455,20 @@ def _read_thumb(row: np.ndarray) -> _Thumb:
     return _Thumb(pixels, mask.astype(np.float32), float(row[_MASK_END]) / 50)
 
 
-def verify_pairs(pairs: np.ndarray, descriptors: np.ndarray, batch: int = 256) -> list[Match]:
-    """Align and score every pair (rows of ``pairs``) from the images' ``describe`` vectors."""
+def verify_pairs(
+    pairs: np.ndarray, descriptors: Descriptors, batch: int = 256, rows: np.ndarray | None = None
+) -> list[Match]:
+    """Align and score every pair from the images' ``describe`` vectors (pairs index ``rows``)."""
     import torch
 
     d = _check(descriptors)
+    rows = np.arange(len(d)) if rows is None else np.asarray(rows, dtype=np.int64)
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     out: list[Match] = []
     for start in range(0, len(pairs), batch):
         chunk = pairs[start : start + batch]
-        first = [_read_thumb(d[i]) for i in chunk[:, 0].tolist()]
-        second = [_read_thumb(d[j]) for j in chunk[:, 1].tolist()]
+        first = [_read_thumb(d[rows[i]]) for i in chunk[:, 0].tolist()]
+        second = [_read_thumb(d[rows[j]]) for j in chunk[:, 1].tolist()]
 
         def stacked(field: str, side: list[_Thumb]) -> torch.Tensor:
             return torch.from_numpy(np.stack([getattr(t, field) for t in side]))
@@ -558,9 +588,8 @@ def _align_and_score(a, b, mask_a, mask_b, noisy):
 
     side = a.shape[-1]
     params = a.new_zeros(len(a), 4)
-    # Fitted on the coarser levels only (blurred 1 px there: shape, not fine texture), so the fine
-    # detail the score compares took no part in the fit: two distinct X-rays cannot be warped until
-    # their rib patterns line up, while true copies already align to a fraction of a pixel.
+    # Fitted on the 16 and 32 px levels only: copies already align there to a fraction of a 64 px
+    # pixel, and a 64 px refinement changed no measured score while costing the most.
     levels = [s for s in (side // 4, side // 2) if s >= 8] or [side]
     prev = levels[0]
     for s in levels:
@@ -629,16 +658,25 @@ def _band_score(a, b, mask_a, mask_b, params, band: tuple[float, float]):
     return torch.where(enough & score.isfinite(), score, 0.0)
 
 
-def verified_candidates(descriptors: np.ndarray, *, k: int = CANDIDATES) -> list[Match]:
+def verified_candidates(
+    descriptors: Descriptors, *, k: int = CANDIDATES, rows: np.ndarray | None = None
+) -> list[Match]:
     """Every candidate pair of the index, aligned and scored (``near_duplicates`` before its cut)."""
-    return verify_pairs(candidate_pairs(descriptors, k), descriptors)
+    return verify_pairs(candidate_pairs(descriptors, k, rows=rows), descriptors, rows=rows)
 
 
 def near_duplicates(
-    descriptors: np.ndarray, *, min_score: float = NEAR_DUP_SCORE, k: int = CANDIDATES
+    descriptors: Descriptors,
+    *,
+    min_score: float = NEAR_DUP_SCORE,
+    k: int = CANDIDATES,
+    rows: np.ndarray | None = None,
 ) -> list[Match]:
-    """Verified near-duplicate pairs among the images whose ``describe`` vectors are the rows."""
-    return [m for m in verified_candidates(descriptors, k=k) if m.score >= min_score]
+    """Verified near-duplicate pairs among the images whose ``describe`` vectors are the rows.
+
+    With ``rows``, only those rows of ``descriptors`` are searched, and pairs index ``rows``.
+    """
+    return [m for m in verified_candidates(descriptors, k=k, rows=rows) if m.score >= min_score]
 
 
 class UnionFind:

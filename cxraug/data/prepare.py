@@ -494,7 +494,7 @@ def _prepare_into(
     for i in ok:
         by_digest.setdefault(digests[i], []).append(i)
     reps = [copies[0] for copies in by_digest.values()]
-    near = near_duplicates(pixels.extras(rows_of[reps]))
+    near = near_duplicates(pixels.extras_view(rows_of[reps]))
     joined, same_picture = UnionFind(len(reps)), UnionFind(len(reps))
     for match in near:
         joined.union(match.i, match.j)
