@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import urllib.error
 import urllib.request
@@ -173,9 +174,46 @@ def test_download_renames_only_a_complete_file(monkeypatch: pytest.MonkeyPatch, 
         medmnist.download("https://example.invalid/x.npz", dest)
     assert list(dest.parent.iterdir()) == []
     monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: FakeResponse(payload))
+    monkeypatch.setitem(medmnist.PUBLISHED_MD5, dest.name, hashlib.md5(payload).hexdigest())
     medmnist.download("https://example.invalid/x.npz", dest)
     assert dest.read_bytes() == payload
     assert list(dest.parent.iterdir()) == [dest]
+
+
+def test_download_with_another_checksum_is_deleted(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A complete download that is not the published file (a proxy's error page, a changed record)
+    is refused and removed, so the next run does not read it from the cache."""
+    payload = pneumonia_npz(tmp_path / "served.npz").read_bytes()
+    dest = tmp_path / "cache" / "pneumoniamnist.npz"
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: FakeResponse(payload))
+    with pytest.raises(DataError, match="not the published 28209eda62fecd6e6a2d98b1501bb15f; it was deleted"):
+        medmnist.download("https://example.invalid/pneumoniamnist.npz", dest)
+    assert list(dest.parent.iterdir()) == []
+
+
+def test_published_checksums_are_medmnists_own() -> None:
+    """Spot checks against MedMNIST 3.0.2 medmnist/info.py, and one entry per file the adapter reads."""
+    assert medmnist.PUBLISHED_MD5["pneumoniamnist.npz"] == "28209eda62fecd6e6a2d98b1501bb15f"
+    assert medmnist.PUBLISHED_MD5["chestmnist_224.npz"] == "45bd33e6f06c3e8cdb481c74a89152aa"
+    names = {medmnist.file_name(f, s) for f in ("pneumoniamnist", "chestmnist") for s in medmnist.SIZES}
+    assert set(medmnist.PUBLISHED_MD5) == names
+
+
+def test_a_local_copy_that_is_not_the_release_is_read_and_said(shared_data: Path) -> None:
+    """The shared PneumoniaMNIST holds the official images with the training rows reordered, so its
+    md5 differs from the release's: it is still read, and the report says it is not the release."""
+    source = adapter()
+    assert len(list(source.records(shared_data / "pneumoniamnist.npz"))) == 5856
+    note = source.notes()[-1]
+    assert "md5 238a40f8f78b9a61dfdd21e86aac35f9 is NOT the published pneumoniamnist.npz" in note
+
+
+def test_the_published_file_is_named_so(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    path = pneumonia_npz(tmp_path / "pneumoniamnist.npz")
+    monkeypatch.setitem(medmnist.PUBLISHED_MD5, path.name, hashlib.md5(path.read_bytes()).hexdigest())
+    source = adapter()
+    list(source.records(path))
+    assert source.notes()[-1].endswith("the published pneumoniamnist.npz")
 
 
 def test_not_an_npz_is_a_data_error(tmp_path: Path) -> None:

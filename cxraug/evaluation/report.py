@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +23,6 @@ _STYLE = (
     "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}"
     "img{max-width:100%;image-rendering:pixelated;border:1px solid #eee}code{background:#f4f4f4}"
 )
-_IMAGE = re.compile(r"^!\[(?P<alt>[^\]]*)\]\((?P<src>[^)]+)\)$")
-_CODE = re.compile(r"`([^`]+)`")
-_BOLD = re.compile(r"\*\*([^*]+)\*\*")
 
 
 def fmt(value: Any) -> str:
@@ -45,53 +41,49 @@ def table_md(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def _inline(text: str) -> str:
-    text = html.escape(text)
-    text = _CODE.sub(r"<code>\1</code>", text)
-    return _BOLD.sub(r"<b>\1</b>", text)
+def _renderer() -> Any:
+    """CommonMark with tables (markdown-it-py); raw HTML in the text is escaped, never passed on."""
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark", {"html": False}).enable("table")
+
+
+def _embedded(src: str, base: Path) -> str | None:
+    """A figure beside the report as a data: URI, so report.html stands alone; None if it is not
+    a PNG inside ``base`` (links out of the report folder are not followed)."""
+    if "://" in src or src.startswith("data:"):
+        return None
+    path = (base / src).resolve()
+    try:
+        path.relative_to(base.resolve())
+    except ValueError:
+        return None
+    if path.suffix.lower() != ".png" or not path.is_file():
+        return None
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
 def markdown_to_html(markdown: str, base: Path, title: str) -> str:
-    """Render the Markdown subset cxraug writes (headings, lists, tables, images, paragraphs)."""
-    out = [
+    """The report's Markdown as one HTML page, its PNG figures embedded (missing ones left out)."""
+    md = _renderer()
+    tokens = md.parse(markdown)
+    for token in tokens:
+        if token.type != "inline" or not token.children:
+            continue
+        kept = []
+        for child in token.children:
+            if child.type == "image":
+                data = _embedded(str(child.attrGet("src") or ""), base)
+                if data is None:
+                    continue
+                child.attrSet("src", data)
+            kept.append(child)
+        token.children = kept
+    body = md.renderer.render(tokens, md.options, {})
+    return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{_STYLE}</style></head><body>"
-    ]
-    lines = markdown.splitlines()
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        if line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            out.append(f"<h{level}>{_inline(line[level:].strip())}</h{level}>")
-        elif line.startswith("- "):
-            out.append("<ul>")
-            while i < len(lines) and lines[i].startswith("- "):
-                out.append(f"<li>{_inline(lines[i][2:])}</li>")
-                i += 1
-            out.append("</ul>")
-            continue
-        elif line.startswith("|"):
-            rows = []
-            while i < len(lines) and lines[i].startswith("|"):
-                if not re.match(r"^\|(-+\|)+$", lines[i].replace(" ", "")):
-                    rows.append([c.strip() for c in lines[i].strip().strip("|").split("|")])
-                i += 1
-            out.append("<table>")
-            out.append("<tr>" + "".join(f"<th>{_inline(c)}</th>" for c in rows[0]) + "</tr>")
-            out += ["<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in rows[1:]]
-            out.append("</table>")
-            continue
-        elif (m := _IMAGE.match(line.strip())) is not None:
-            path = base / m["src"]
-            if path.is_file():
-                data = base64.b64encode(path.read_bytes()).decode()
-                out.append(f"<p><img alt='{html.escape(m['alt'])}' src='data:image/png;base64,{data}'></p>")
-        elif line.strip():
-            out.append(f"<p>{_inline(line)}</p>")
-        i += 1
-    out.append("</body></html>")
-    return "\n".join(out)
+        f"<style>{_STYLE}</style></head><body>\n{body}</body></html>"
+    )
 
 
 def write_pair(markdown: str, out_dir: Path, title: str, extra_html: str = "") -> tuple[Path, Path]:

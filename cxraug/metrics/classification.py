@@ -256,20 +256,7 @@ def evaluate_classifier(
 
 def _midranks(x: np.ndarray) -> np.ndarray:
     """1-based ranks with ties given their average rank (Sun & Xu 2014, Algorithm 1)."""
-    order = np.argsort(x, kind="mergesort")
-    xs = x[order]
-    n = len(x)
-    ranks_sorted = np.empty(n)
-    i = 0
-    while i < n:
-        j = i
-        while j < n and xs[j] == xs[i]:
-            j += 1
-        ranks_sorted[i:j] = 0.5 * (i + j - 1) + 1  # mean of 1-based positions i+1 .. j
-        i = j
-    out = np.empty(n)
-    out[order] = ranks_sorted
-    return out
+    return np.asarray(stats.rankdata(x, method="average"), dtype=np.float64)
 
 
 def _delong_components(y_bin: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

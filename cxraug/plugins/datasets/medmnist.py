@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import tempfile
@@ -48,6 +49,19 @@ CHEST_FINDINGS: tuple[str, ...] = (
     "pleural",
     "hernia",
 )
+#: The published MD5 of every file this adapter reads, by file name: MedMNIST's own table
+#: (``INFO[flag]["MD5"]`` / ``["MD5_64"]`` ... in medmnist/info.py, MedMNIST 3.0.2), which the
+#: ``medmnist`` package checks its downloads against.
+PUBLISHED_MD5: dict[str, str] = {
+    "pneumoniamnist.npz": "28209eda62fecd6e6a2d98b1501bb15f",
+    "pneumoniamnist_64.npz": "8f4eceb4ccffa70c672198ea285246c6",
+    "pneumoniamnist_128.npz": "05b46931834c231683c68f40c47b2971",
+    "pneumoniamnist_224.npz": "d6a3c71de1b945ea11211b03746c1fe1",
+    "chestmnist.npz": "02c8a6516a18b556561a56cbdd36c4a8",
+    "chestmnist_64.npz": "9de6cd0b934ebb5b7426cfba5efbae16",
+    "chestmnist_128.npz": "db107e5590b27930b62dbaf558aebee3",
+    "chestmnist_224.npz": "45bd33e6f06c3e8cdb481c74a89152aa",
+}
 LABEL_COLUMNS: dict[str, int] = {"pneumoniamnist": 1, "chestmnist": len(CHEST_FINDINGS)}
 
 
@@ -58,6 +72,31 @@ def file_name(flag: str, size: int) -> str:
 
 def download_url(name: str) -> str:
     return f"{ZENODO_FILES}/{name}?download=1"
+
+
+def file_md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checksum_note(path: Path, official: str) -> str:
+    """Whether ``path`` is the published ``official`` file, for the report (a local copy that differs
+    is still read: re-saved or reordered copies hold the same images, but the figures then come from
+    a file nobody else can check against the release)."""
+    expected = PUBLISHED_MD5.get(official)
+    if expected is None:
+        return f"{path.name}: no published checksum for {official}"
+    actual = file_md5(path)
+    if actual == expected:
+        return f"{path.name}: md5 {actual}, the published {official}"
+    logger.warning("%s: md5 %s is not the published %s (%s)", path, actual, official, expected)
+    return (
+        f"{path.name}: md5 {actual} is NOT the published {official} ({expected}); results cannot be "
+        "compared with the official release's byte for byte (a re-saved or reordered copy?)"
+    )
 
 
 def cache_dir() -> Path:
@@ -79,6 +118,7 @@ def download(url: str, dest: Path) -> None:
     from cxraug.ui import console
 
     check_online(url)
+    expected = PUBLISHED_MD5.get(dest.name)
     dest.parent.mkdir(parents=True, exist_ok=True)
     handle, partial = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     try:
@@ -96,6 +136,12 @@ def download(url: str, dest: Path) -> None:
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
                     progress.update(task, advance=len(chunk))
+        actual = file_md5(Path(partial))
+        if expected is not None and actual != expected:
+            raise DataError(
+                f"{url}: the download's md5 is {actual}, not the published {expected}; it was "
+                "deleted. Try again, or download it by hand and pass --root"
+            )
         os.replace(partial, dest)
     except BaseException:
         Path(partial).unlink(missing_ok=True)
@@ -158,7 +204,8 @@ class MedMnistAdapter(DatasetAdapter[MedMnistOptions]):
         path = self._locate(root)
         arrays = _load(path)
         labels = {split: _labels(path, split, arrays[f"{split}_labels"], options.flag) for split in SPLITS}
-        self._notes = _describe(path, arrays, labels, options.flag)
+        official = file_name(options.flag, options.size)
+        self._notes = [*_describe(path, arrays, labels, options.flag), checksum_note(path, official)]
         return self._iterate(path.name, arrays, labels)
 
     def _iterate(
