@@ -389,8 +389,10 @@ def luma(t: torch.Tensor) -> torch.Tensor:
 # -------------------------------------------------------------------------------------- tests
 
 
-def test_nvlabs_pkl_values_land_in_the_right_tensors(tmp_path, nvlabs_globals):
+def test_nvlabs_pkl_values_land_in_the_right_tensors(tmp_path, nvlabs_globals, monkeypatch):
     nets = write_nvlabs_pkl(tmp_path / "network-snapshot-000100.pkl", nvlabs_globals)
+    for name in ("torch_utils", "torch_utils.persistence", "dnnlib", "dnnlib.util"):
+        monkeypatch.delitem(sys.modules, name)  # a user has no NVlabs code installed
     snap = read_snapshot(tmp_path / "network-snapshot-000100.pkl")
     assert snap.format == NVLABS_PKL and set(snap.networks) == {"G", "D", "G_ema"}
     assert snap.extra["training_set_kwargs"]["resolution"] == 32
@@ -678,3 +680,16 @@ def test_generate_from_rosinality_checkpoint(tmp_path, cxraug_cli):
     assert len(list((out / "all").glob("*.png"))) == 2
     manifest = (out / "manifest.csv").read_text()
     assert "stylegan2" in manifest and str(pt) in manifest
+
+
+def test_conditional_nvlabs_pkl_generates_its_labels(tmp_path, nvlabs_globals):
+    nets = write_nvlabs_pkl(tmp_path / "cond.pkl", nvlabs_globals, c_dim=2)
+    gan = StyleGAN2.from_snapshot(read_snapshot(tmp_path / "cond.pkl"), "cpu")
+    assert gan.spec.labels == ["class_0", "class_1"] and gan.spec.image_size == 32
+    G = gan.G_ema.state_dict()
+    assert torch.equal(G["mapping.embed.weight"], nets["G_ema"].param("mapping.embed.weight"))
+    assert torch.equal(G["mapping.layers.0.weight"], nets["G_ema"].param("mapping.fc0.weight"))
+    z = torch.randn(2, Z, generator=torch.Generator().manual_seed(0))
+    a = gan.generate(z, torch.tensor([0, 0]))
+    b = gan.generate(z, torch.tensor([1, 1]))
+    assert not torch.equal(a, b), "the label changes the image"
