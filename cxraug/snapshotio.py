@@ -226,8 +226,11 @@ class _SnapshotUnpickler(pickle.Unpickler):
 
 def _refusal(path: Path, what: str) -> DataError:
     return DataError(
-        f"snapshot {path}: refused: it names {what}, which is not a tensor, a container or a StyleGAN "
-        "persistence record; nothing in it was run. Use a network pickle or checkpoint as published"
+        f"snapshot {path}: refused: it holds code or objects cxraug does not load (it names {what}: "
+        "not a tensor, a container or a StyleGAN persistence record), and nothing in it was run. Use a "
+        "checkpoint written by cxraug or a StyleGAN snapshot as published (NVlabs .pkl, rosinality "
+        ".pt); for weights from elsewhere, re-save them in an environment you trust as a plain state "
+        "dict of tensors"
     )
 
 
