@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, cas
 import numpy as np
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from cxraug.errors import DataError
 from cxraug.labels import VOCABULARY
 from cxraug.settings import refuse_bool_numbers
 
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
     # Type-only: both import this module, and interfaces stays the lowest layer at run time.
     from cxraug.registry import Registry
+    from cxraug.snapshotio import ForeignSnapshot
     from cxraug.workspace import Workspace
 
 KINDS: tuple[str, ...] = ("dataset", "gan", "augmenter", "classifier", "metric")
@@ -260,6 +262,22 @@ class GAN(Plugin[O], ABC):
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         """Restore what ``extra_state`` returned."""
+
+    #: Formats of other projects' snapshot files (``cxraug.snapshotio``) this GAN can start from
+    #: (``train-gan --transfer FILE``) and generate with (``generate --checkpoint FILE``).
+    snapshot_formats: ClassVar[tuple[str, ...]] = ()
+
+    def load_snapshot(self, snapshot: ForeignSnapshot) -> dict[str, Any]:
+        """Load another project's snapshot into the networks; return a JSON-able report of which
+        tensors were loaded, adapted or left at their initial values (GANs listing the format)."""
+        raise DataError(f"snapshot {snapshot.path}: GAN {self.name!r} cannot start from a {snapshot.format}")
+
+    @classmethod
+    def from_snapshot(cls, snapshot: ForeignSnapshot, device: str) -> GAN[Any]:
+        """A GAN built from the shapes of another project's snapshot, its weights loaded."""
+        raise DataError(
+            f"snapshot {snapshot.path}: GAN {cls.name!r} cannot be built from a {snapshot.format}"
+        )
 
 
 # --------------------------------------------------------------------------------------- augmenters

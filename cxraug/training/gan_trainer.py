@@ -20,6 +20,7 @@ from cxraug.errors import DataError, OptionsError, TrainingInterruptedError
 from cxraug.imageio import resize
 from cxraug.interfaces import GAN, DistContext, GANSpec, PluginOptions
 from cxraug.options import resolve_options
+from cxraug.snapshotio import read_snapshot, snapshot_kind
 from cxraug.training import plots
 from cxraug.training.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -65,8 +66,15 @@ def check_spec_for(cls: type[GAN], config: GanSettings) -> GANSpec:
     return GANSpec(image_size=int(config.size or 0), labels=labels, batch_size=config.batch_size)
 
 
-def _check_transfer(path: Path, arch: str) -> None:
-    """A --transfer file must be a cxraug checkpoint of the same architecture (checked up front)."""
+def _check_transfer(path: Path, cls: type[GAN]) -> None:
+    """A --transfer file must be a cxraug checkpoint of the same architecture, or a snapshot format
+    the GAN reads (checked up front)."""
+    arch = cls.name
+    if snapshot_kind(path):
+        snapshot = read_snapshot(path)  # refuses what it would not load before the run starts
+        if snapshot.format not in cls.snapshot_formats:
+            raise DataError(f"--transfer {path}: GAN {arch!r} cannot start from a {snapshot.format} snapshot")
+        return
     state = safe_load(path)
     if state.get("arch") != arch:
         raise DataError(f"--transfer {path}: a {state.get('arch')!r} checkpoint cannot start a {arch!r} run")
@@ -196,7 +204,7 @@ class GANTrainer:
         unit_name = f"{self.arch}/{unit.name}"
         gan = self.build_gan(unit, k, batch)
         if cfg.transfer and not latest_checkpoint(ckpt_dir):
-            self._transfer(gan, Path(cfg.transfer), unit.name)
+            self._transfer(gan, Path(cfg.transfer), unit.name, unit.folder)
         start = 0
         latest = latest_checkpoint(ckpt_dir)
         if latest is not None:
@@ -365,7 +373,19 @@ class GANTrainer:
             torch.manual_seed(self.config.seed + state["counters"]["step"] * 7 + self.dist.rank)
         return int(state["counters"]["step"])
 
-    def _transfer(self, gan: GAN, path: Path, unit: str) -> None:
+    def _transfer(self, gan: GAN, path: Path, unit: str, folder: Path) -> None:
+        if snapshot_kind(path):
+            report = gan.load_snapshot(read_snapshot(path))
+            if self.dist.is_main:
+                write_json_atomic(folder / "transfer.json", report)
+                c = report["counts"]
+                console.print(
+                    f"[cyan]transfer: started from {path} ({report['format']}): {c['loaded']} tensors "
+                    f"loaded, {c['adapted']} adapted, {c['initial']} left at initial values; "
+                    f"see {folder / 'transfer.json'}[/]",
+                    soft_wrap=True,
+                )
+            return
         if path.is_dir():
             # a per-class source run keeps one model per label in RUN/LABEL/checkpoints
             found = (
@@ -451,7 +471,7 @@ class GanJob(Job[GanSettings, GanRun]):
             where = "given by --size" if settings.size else f"that of dataset {dataset.name!r}"
             raise OptionsError(f"{exc} (the image size {resolved.size} is {where})") from None
         if resolved.transfer and Path(resolved.transfer).is_file():
-            _check_transfer(Path(resolved.transfer), str(resolved.arch))
+            _check_transfer(Path(resolved.transfer), cls)
         return resolved
 
     def dataset(self, settings: GanSettings) -> PreparedDataset:

@@ -16,11 +16,12 @@ import torch
 from PIL import Image
 from pydantic import ValidationError
 
-from cxraug.errors import DataError, OptionsError
+from cxraug.errors import DataError, OptionsError, PluginError
 from cxraug.fileio import atomic_write, ensure_writable, file_sha256, remove_orphan_temps, writing_into
 from cxraug.interfaces import GAN, GANSpec
 from cxraug.registry import Registry
 from cxraug.runlock import RunLock
+from cxraug.snapshotio import read_snapshot, snapshot_kind
 from cxraug.training.checkpoint import safe_load
 from cxraug.training.plots import to_uint8
 from cxraug.ui import progress_bar
@@ -48,6 +49,8 @@ class LoadedGenerator:
 
 def load_generator(path: Path, registry: Registry, device: torch.device) -> LoadedGenerator:
     """Rebuild a GAN from a checkpoint (architecture, options and labels are stored in it)."""
+    if snapshot_kind(path):
+        return load_snapshot_generator(path, registry, device)
     state = safe_load(path, map_location=device)
     if state.get("kind") == "classifier" or "networks" not in state or "spec" not in state:
         raise DataError(f"checkpoint {path}: not a GAN checkpoint (give a GAN run or its ckpt-*.pt)")
@@ -72,6 +75,22 @@ def load_generator(path: Path, registry: Registry, device: torch.device) -> Load
     except (KeyError, RuntimeError) as exc:
         raise DataError(f"checkpoint {path}: networks do not match ({str(exc).splitlines()[0]})") from None
     return LoadedGenerator(gan, path, file_sha256(path), state["arch"], list(spec_d["labels"]))
+
+
+def load_snapshot_generator(path: Path, registry: Registry, device: torch.device) -> LoadedGenerator:
+    """A GAN built from another project's snapshot by the first GAN that reads its format."""
+    snapshot = read_snapshot(path)
+    for name in registry.names("gan"):
+        try:
+            cls = registry.gan(name)
+        except PluginError:  # a plugin that failed to load reads nothing
+            continue
+        if snapshot.format in getattr(cls, "snapshot_formats", ()):
+            gan = cls.from_snapshot(snapshot, str(device))
+            return LoadedGenerator(gan, path, file_sha256(path), name, list(gan.spec.labels))
+    raise DataError(
+        f"checkpoint {path}: a {snapshot.format} snapshot, and no installed GAN reads that format"
+    )
 
 
 def generators_from(

@@ -50,7 +50,7 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from cxraug import hookimpl
-from cxraug.errors import OptionsError
+from cxraug.errors import DataError, OptionsError
 from cxraug.interfaces import GAN, GANSpec, PluginOptions
 from cxraug.plugins.gans.stylegan2_augment import (
     DIFFAUG_POLICIES,
@@ -64,6 +64,13 @@ from cxraug.plugins.gans.stylegan2_nets import (
     channels_at,
     mbstd_group_size,
 )
+from cxraug.plugins.gans.stylegan2_snapshots import (
+    check_compatible,
+    describe,
+    estimate_w_avg,
+    load_into,
+)
+from cxraug.snapshotio import NVLABS_PKL, ROSINALITY_PT, ForeignSnapshot
 
 logger = logging.getLogger(__name__)
 
@@ -294,6 +301,37 @@ class StyleGAN2(GAN[StyleGAN2Options]):
             noise_mode="const",
         )
         return img.clamp(-1.0, 1.0)
+
+    snapshot_formats: ClassVar[tuple[str, ...]] = (NVLABS_PKL, ROSINALITY_PT)
+
+    def load_snapshot(self, snapshot: ForeignSnapshot) -> dict[str, Any]:
+        """Start from an NVlabs or rosinality StyleGAN2 snapshot (see stylegan2_snapshots)."""
+        shape = describe(snapshot)
+        check_compatible(snapshot, shape, self.options, self.spec.image_size)
+        report = load_into(self.networks(), snapshot, shape, self.options.mapping_lr_mul, self.options.z_dim)
+        if "G_ema.mapping.w_avg" in report.initial:
+            # rosinality keeps no running mean of w; truncation needs one (its mean_latent)
+            w_avg = estimate_w_avg(self.G_ema.mapping, self.options.z_dim)
+            for net in ("G", "G_ema"):
+                getattr(self, net).mapping.w_avg.copy_(w_avg)
+                report.initial.remove(f"{net}.mapping.w_avg")
+                report.adapted[f"{net}.mapping.w_avg"] = "estimated: mean w of 4096 fixed latents"
+        return report.as_json()
+
+    @classmethod
+    def from_snapshot(cls, snapshot: ForeignSnapshot, device: str) -> StyleGAN2:
+        """A one-channel StyleGAN2 of the snapshot's shapes; labels ``all`` or ``class_0``..."""
+        shape = describe(snapshot)
+        labels = [f"class_{i}" for i in range(shape.c_dim)] if shape.c_dim > 1 else ["all"]
+        options = StyleGAN2Options(**shape.options())
+        spec = GANSpec(image_size=shape.resolution, labels=labels, device=device, batch_size=1)
+        try:
+            cls.check_spec(options, spec)
+        except OptionsError as exc:
+            raise DataError(f"snapshot {snapshot.path}: {exc}") from None
+        gan = cls(options, spec)
+        gan.load_snapshot(snapshot)
+        return gan
 
     def extra_state(self) -> dict[str, Any]:
         return {
