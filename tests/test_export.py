@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cxraug.cli import build_app
-from cxraug.plugins import get_plugin_manager
+from cxraug.plugins import build_registry, get_plugin_manager
 from cxraug.plugins.datasets.kermany import KermanyAdapter
 from cxraug.plugins.datasets.phantom import PhantomAdapter
 from cxraug.training.generator_file import FORMAT, read_header
@@ -248,6 +249,17 @@ def test_bad_inputs_are_one_line_errors(trained, tmp_path):
 
 
 def test_builtin_adapters_declare_a_licence_or_none():
-    registry_names = {"kermany": KermanyAdapter.license, "phantom": PhantomAdapter.license}
-    assert registry_names["kermany"] == "CC BY 4.0"
-    assert "Apache-2.0" in registry_names["phantom"]
+    registry = build_registry(get_plugin_manager())
+    licences = {name: registry.dataset(name).license for name in registry.names("dataset")}
+    assert all(isinstance(v, str) for v in licences.values())
+    assert licences["kermany"] == KermanyAdapter.license == "CC BY 4.0"
+    assert licences["medmnist"] == "CC BY 4.0" and "Apache-2.0" in licences["phantom"]
+    assert licences["imagefolder"] == "", "a user's own tree has no known licence"
+
+
+def test_onnx_without_the_extra_says_what_to_install(trained, tmp_path, monkeypatch):
+    cli, _, dcgan = trained
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # as if not installed: import fails
+    result = cli("export", dcgan, "--format", "onnx", "--out", str(tmp_path / "x"))
+    assert result.exit_code == 2 and 'pip install "cxraug[export]"' in result.output, result.output
+    assert not (tmp_path / "x").exists(), "nothing is written when the export cannot run"
