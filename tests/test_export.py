@@ -246,6 +246,12 @@ def test_bad_inputs_are_one_line_errors(trained, tmp_path):
     save_file({"w": torch.zeros(2)}, str(stranger))
     result = cli("generate", "--checkpoint", str(stranger), "--n", "1", "--out", str(tmp_path / "g"))
     assert result.exit_code == 2 and "not a generator written by `cxraug export`" in result.output
+    # an export cut short (a copy interrupted) is named, not a traceback
+    assert cli("export", sg2, "--out", str(tmp_path / "cut")).exit_code == 0
+    cut = tmp_path / "cut" / "generator.safetensors"
+    cut.write_bytes(cut.read_bytes()[:-64])
+    result = cli("generate", "--checkpoint", str(cut), "--n", "1", "--out", str(tmp_path / "g"))
+    assert result.exit_code == 2 and "unreadable safetensors file" in result.output, result.output
 
 
 def test_builtin_adapters_declare_a_licence_or_none():

@@ -27,7 +27,7 @@ from torch import nn
 
 from cxraug import __version__
 from cxraug.data.prepared import read_info
-from cxraug.errors import DataError, OptionsError
+from cxraug.errors import CxrError, DataError, OptionsError
 from cxraug.evaluation.command import EvaluationRun
 from cxraug.fileio import atomic_write
 from cxraug.interfaces import GAN
@@ -351,10 +351,9 @@ def _training_data(workspace: Workspace, registry: Registry, run: GanRun) -> dic
         return data
     for source in info.get("sources", []):
         name = str(source.get("adapter", ""))
-        licence = ""
         try:
             licence = registry.dataset(name).license
-        except Exception:  # noqa: BLE001 - an adapter no longer installed: its licence is unknown
+        except CxrError:  # an adapter no longer installed: its licence is unknown here
             licence = ""
         data["sources"].append({"adapter": name, "license": licence or "unknown — check the source"})
     return data
