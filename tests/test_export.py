@@ -119,7 +119,10 @@ def test_model_card_states_what_a_user_needs(trained, tmp_path):
     assert cli("export", sg2, "--out", str(out)).exit_code == 0
     card = (out / "MODEL_CARD.md").read_text(encoding="utf-8")
     facts = json.loads((out / "model_card.json").read_text(encoding="utf-8"))
-    assert card.startswith("---\nlibrary_name: cxraug\n")
+    yaml = pytest.importorskip("yaml")
+    front = yaml.safe_load(card.split("---\n")[1])  # Hugging Face model-card metadata
+    assert front["library_name"] == "cxraug" and "stylegan2" in front["tags"]
+    assert front["license"] == "other"
     assert "synthetic" in card and "not for diagnosis" in card
     assert "labels: covid, normal" in card and "image size: 32 x 32" in card
     assert "FID/KID: not computed" in card and f"cxraug evaluate --gan {sg2} --fid --kid" in card

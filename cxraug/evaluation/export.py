@@ -449,22 +449,18 @@ def card_facts(
     }
 
 
-def _yaml_str(text: str) -> str:
-    return json.dumps(text, ensure_ascii=False)  # a JSON string is a valid YAML scalar
-
-
 def render_card(f: dict[str, Any]) -> str:
     """MODEL_CARD.md: Hugging Face front matter (tags, licence of the weights unknown: "other")."""
     data = f["training_data"]
     labels = f["labels"]
-    licences = "; ".join(s["license"] for s in data["sources"]) or "unknown — check the source"
     lines = [
         "---",
         "library_name: cxraug",
         "tags:",
         *(f"- {t}" for t in ("gan", "image-generation", "chest-x-ray", "synthetic-data", f["architecture"])),
+        # the weights' own terms are the training data's (below): no SPDX id fits, hence "other"
         "license: other",
-        f"license_name: {_yaml_str('training data: ' + licences)}",
+        "license_name: training-data-terms",
         "---",
         "",
         f"# {f['architecture']} chest X-ray generator ({f['run']['name']})",
