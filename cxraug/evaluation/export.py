@@ -303,12 +303,12 @@ def _refuse_overwrite(paths: list[Path], force: bool) -> None:
 def export_generator(workspace: Workspace, registry: Registry, s: ExportSettings) -> ExportResult:
     """Write the run's generator(s) in ``s.format`` with MODEL_CARD.md and model_card.json."""
     run = GanRun.resolve(workspace, s.run)
+    if s.format == "onnx":
+        _need_export_extra()  # before the networks are loaded: a missing package is said at once
     gens = _generators(run, registry)
     out = _target(workspace, run, s)
     files = [out / f"{stem}{SUFFIX[s.format]}" for stem, _ in gens]
     _refuse_overwrite([*files, out / CARD, out / SIDECAR], s.force)
-    if s.format == "onnx":
-        _need_export_extra()
     out.mkdir(parents=True, exist_ok=True)
     result = ExportResult(out)
     for path, (_, loaded) in zip(files, gens, strict=True):
