@@ -146,6 +146,9 @@ class DatasetAdapter(Plugin[O], ABC):
     #: True for the adapter the core prepares, with default options and no root, when a command
     #: finds no prepared dataset (``Registry.demo_dataset``); such an adapter sets needs_root = False.
     demo: ClassVar[bool] = False
+    #: The licence or terms of use of the source images, as the dataset's published page states them
+    #: (shown in exported model cards); "" when not declared: cards then say to check the source.
+    license: ClassVar[str] = ""
 
     @abstractmethod
     def records(self, root: Path | None) -> Iterable[Record]:

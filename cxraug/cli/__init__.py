@@ -17,6 +17,7 @@ from cxraug.cli import (
     data_cmd,
     evaluate_cmd,
     experiment_cmd,
+    export_cmd,
     gan_cmd,
     plugins_cmd,
 )
@@ -25,7 +26,16 @@ from cxraug.errors import CxrError
 from cxraug.plugins import PluginCrash, PluginManager, call_isolated, get_plugin_manager
 from cxraug.ui import console
 
-COMMAND_FAMILIES = (plugins_cmd, data_cmd, gan_cmd, augment_cmd, classify_cmd, evaluate_cmd, experiment_cmd)
+COMMAND_FAMILIES = (
+    plugins_cmd,
+    data_cmd,
+    gan_cmd,
+    augment_cmd,
+    classify_cmd,
+    evaluate_cmd,
+    experiment_cmd,
+    export_cmd,
+)
 
 
 def _version(value: bool) -> None:

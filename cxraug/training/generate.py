@@ -23,6 +23,7 @@ from cxraug.registry import Registry
 from cxraug.runlock import RunLock
 from cxraug.snapshotio import read_snapshot, snapshot_kind
 from cxraug.training.checkpoint import safe_load
+from cxraug.training.generator_file import is_safetensors, load_generator_file
 from cxraug.training.plots import to_uint8
 from cxraug.ui import progress_bar
 
@@ -49,6 +50,9 @@ class LoadedGenerator:
 
 def load_generator(path: Path, registry: Registry, device: torch.device) -> LoadedGenerator:
     """Rebuild a GAN from a checkpoint (architecture, options and labels are stored in it)."""
+    if is_safetensors(path):  # a generator written by `cxraug export --format safetensors`
+        gan, arch, labels = load_generator_file(path, registry, device)
+        return LoadedGenerator(gan, path, file_sha256(path), arch, labels)
     if snapshot_kind(path):
         return load_snapshot_generator(path, registry, device)
     state = safe_load(path, map_location=device)

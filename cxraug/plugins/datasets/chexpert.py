@@ -97,6 +97,8 @@ class CheXpertAdapter(DatasetAdapter[CheXpertOptions]):
 
     name: ClassVar[str] = "chexpert"
     description: ClassVar[str] = "CheXpert (train.csv / valid.csv), uncertain labels by policy"
+    #: Source: TFDS catalog "chexpert" and https://stanfordmlgroup.github.io/competitions/chexpert/.
+    license: ClassVar[str] = "Stanford CheXpert Dataset Research Use Agreement (accepted before download)"
 
     Options: ClassVar[type[CheXpertOptions]] = CheXpertOptions
 

@@ -171,6 +171,8 @@ class CohenAdapter(DatasetAdapter[CohenOptions]):
 
     name: ClassVar[str] = "cohen"
     description: ClassVar[str] = "COVID-19 image data collection (ieee8023), metadata.csv + images"
+    #: Source: ieee8023/covid-chestxray-dataset CONTRIBUTING.md, metadata field "license".
+    license: ClassVar[str] = "per image: see the license column of metadata.csv (blank when unknown)"
 
     Options: ClassVar[type[CohenOptions]] = CohenOptions
 

@@ -68,6 +68,10 @@ class CovidxAdapter(DatasetAdapter[CovidxOptions]):
 
     name: ClassVar[str] = "covidx"
     description: ClassVar[str] = "COVIDx (COVID-Net) label files with train/val/test image folders"
+    #: Source: lindawangg/COVID-Net docs/COVIDx.md lists the source collections.
+    license: ClassVar[str] = (
+        "mixed: each source collection keeps its own licence (see COVID-Net docs/COVIDx.md)"
+    )
 
     Options: ClassVar[type[CovidxOptions]] = CovidxOptions
 

@@ -145,6 +145,8 @@ class ImageFolderAdapter(DatasetAdapter[ImageFolderOptions]):
 
     name: ClassVar[str] = "imagefolder"
     description: ClassVar[str] = "Any class-per-folder image tree, optionally inside train/val/test"
+    #: The user's own tree: its terms are unknown here, so the model card says "unknown — check the source".
+    license: ClassVar[str] = ""
 
     Options: ClassVar[type[ImageFolderOptions]] = ImageFolderOptions
 

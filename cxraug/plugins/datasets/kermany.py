@@ -81,6 +81,8 @@ class KermanyAdapter(DatasetAdapter[KermanyOptions]):
 
     name: ClassVar[str] = "kermany"
     description: ClassVar[str] = "Kermany et al. pediatric pneumonia X-rays (chest_xray/ folders)"
+    #: Source: Mendeley Data rscbjbr9sj/2, as stated on the hf-vision/chest-xray-pneumonia dataset card.
+    license: ClassVar[str] = "CC BY 4.0"
 
     Options: ClassVar[type[KermanyOptions]] = KermanyOptions
 

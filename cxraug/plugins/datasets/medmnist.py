@@ -187,6 +187,8 @@ class MedMnistAdapter(DatasetAdapter[MedMnistOptions]):
 
     name: ClassVar[str] = "medmnist"
     description: ClassVar[str] = "MedMNIST PneumoniaMNIST / ChestMNIST .npz files (auto-download)"
+    #: Source: MedMNIST v2, Sci Data 2023, doi:10.1038/s41597-022-01721-8.
+    license: ClassVar[str] = "CC BY 4.0"
     needs_root: ClassVar[bool] = False
 
     Options: ClassVar[type[MedMnistOptions]] = MedMnistOptions

@@ -87,6 +87,8 @@ class MimicAdapter(DatasetAdapter[MimicOptions]):
 
     name: ClassVar[str] = "mimic"
     description: ClassVar[str] = "MIMIC-CXR-JPG (chexpert/negbio labels, official split, view metadata)"
+    #: Source: https://physionet.org/content/mimic-cxr-jpg/ ("Credentialed Access", data use agreement).
+    license: ClassVar[str] = "PhysioNet Credentialed Health Data Use Agreement (credentialed access)"
 
     Options: ClassVar[type[MimicOptions]] = MimicOptions
 

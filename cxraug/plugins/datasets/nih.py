@@ -67,6 +67,11 @@ class NIHAdapter(DatasetAdapter[NIHOptions]):
 
     name: ClassVar[str] = "nih"
     description: ClassVar[str] = "NIH ChestX-ray14 (Data_Entry_2017.csv, official train_val/test lists)"
+    #: Source: Google Cloud "NIH Chest X-ray dataset" page, section "License and attribution".
+    license: ClassVar[str] = (
+        "no restrictions on use; attribution required (link to the NIH download site, cite Wang et "
+        "al. CVPR 2017, acknowledge the NIH Clinical Center)"
+    )
 
     Options: ClassVar[type[NIHOptions]] = NIHOptions
 

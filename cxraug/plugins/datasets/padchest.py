@@ -82,6 +82,8 @@ class PadChestAdapter(DatasetAdapter[PadChestOptions]):
 
     name: ClassVar[str] = "padchest"
     description: ClassVar[str] = "PadChest (BIMCV): label-list CSV, 16-bit PNGs in numbered folders"
+    #: Not found on the dataset's published pages: the model card says "unknown — check the source".
+    license: ClassVar[str] = ""
 
     Options: ClassVar[type[PadChestOptions]] = PadChestOptions
 

@@ -431,6 +431,8 @@ class PhantomAdapter(DatasetAdapter[PhantomOptions]):
 
     name: ClassVar[str] = "phantom"
     description: ClassVar[str] = "synthetic chest X-ray phantoms drawn offline (demos and tests)"
+    #: Source: cxraug pyproject.toml.
+    license: ClassVar[str] = "Apache-2.0 (drawn by cxraug; no patient data)"
     needs_root: ClassVar[bool] = False
     synthetic: ClassVar[bool] = True
     demo: ClassVar[bool] = True

@@ -57,6 +57,8 @@ class RadiographyAdapter(DatasetAdapter[RadiographyOptions]):
 
     name: ClassVar[str] = "radiography"
     description: ClassVar[str] = "Kaggle COVID-19 Radiography Database, any version"
+    #: Not found on the dataset's published pages: the model card says "unknown — check the source".
+    license: ClassVar[str] = ""
 
     Options: ClassVar[type[RadiographyOptions]] = RadiographyOptions
 

@@ -79,6 +79,11 @@ class RsnaAdapter(DatasetAdapter[RsnaOptions]):
 
     name: ClassVar[str] = "rsna"
     description: ClassVar[str] = "RSNA Pneumonia Detection Challenge (Kaggle 2018), DICOM + class CSV"
+    #: Source: https://www.rsna.org/education/ai-resources-and-training/ai-image-challenge/
+    #: rsna-pneumonia-detection-challenge-2018 ("Download the datasets").
+    license: ClassVar[str] = (
+        "RSNA terms of use: academic research, education, commercial or non-commercial use, with attribution"
+    )
 
     Options: ClassVar[type[RsnaOptions]] = RsnaOptions
 

@@ -80,6 +80,8 @@ class SiimAdapter(DatasetAdapter[SiimOptions]):
 
     name: ClassVar[str] = "siim"
     description: ClassVar[str] = "SIIM-FISABIO-RSNA COVID-19 Detection (Kaggle 2021), DICOM tree + study CSV"
+    #: Not found on the dataset's published pages: the model card says "unknown — check the source".
+    license: ClassVar[str] = ""
 
     Options: ClassVar[type[SiimOptions]] = SiimOptions
 
