@@ -13,10 +13,10 @@ from pydantic import Field
 
 from cxraug import hookimpl
 from cxraug.interfaces import Metric, MetricInputs, MetricResult
-from cxraug.metrics.features import FeatureOptions, features_service
+from cxraug.metrics.features import DistanceOptions, features_service
 
 
-class FIDOptions(FeatureOptions):
+class FIDOptions(DistanceOptions):
     """Options of the ``fid`` metric."""
 
     method: Literal["eigh", "sqrtm"] = Field(
@@ -40,8 +40,10 @@ class FID(Metric[FIDOptions]):
         o = self.options
         assert inputs.real is not None and inputs.generated is not None
         features = features_service(inputs.services)
-        real = features(inputs.real, "real", mode=o.mode, batch_size=o.batch_size)
-        gen = features(inputs.generated, "generated", mode=o.mode, batch_size=o.batch_size)
+        real = features(inputs.real, "real", mode=o.mode, batch_size=o.batch_size, features=o.features)
+        gen = features(
+            inputs.generated, "generated", mode=o.mode, batch_size=o.batch_size, features=o.features
+        )
         values = {"fid": fid(real, gen, o.method)}
         rows = [{"label": "(all)", "n_real": len(real), "n_generated": len(gen), "fid": values["fid"]}]
         for label, r, g in label_subsets(inputs.real_labels, inputs.generated_labels, inputs.labels):
