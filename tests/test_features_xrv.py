@@ -23,8 +23,14 @@ from PIL import Image
 from rich.console import Console
 
 import cxraug.ui as ui
+from cxraug.data.prepared import PreparedDataset
 from cxraug.errors import CxrError
+from cxraug.evaluation.engine import EvalRequest, read_image_folder, run_evaluation
+from cxraug.evaluation.report import write_reports
 from cxraug.metrics import features as F
+from cxraug.metrics.generative import fid
+from cxraug.options import resolve_options
+from cxraug.plugins import build_registry, get_plugin_manager
 
 xrv = pytest.importorskip("torchxrayvision")
 
@@ -58,14 +64,14 @@ def small_input(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_features_are_1024_pooled_densenet_features_at_224_px(weights: dict[str, Path]) -> None:
     ext = F.xrv_extractor(weights["state"])
-    images = _images(2, size=40)
+    images = _images(1, size=40)
     images[:, :, :20], images[:, :, 30:] = 0, 255  # flat black and white regions survive resizing
     batch = ext.prepare(images, "clean")
     # single channel, 224 px, xrv's [-1024, 1024] scale (a 0 pixel is -1024, a 255 one 1024)
-    assert batch.shape == (2, 1, 224, 224)
+    assert batch.shape == (1, 1, 224, 224)
     assert batch.min() == pytest.approx(-1024) and batch.max() == pytest.approx(1024)
-    feats = F.extract(images, ext, batch_size=2)
-    assert feats.shape == (2, F.XRV_DIM) and feats.dtype == np.float32 and np.isfinite(feats).all()
+    feats = F.extract(images, ext)
+    assert feats.shape == (1, F.XRV_DIM) and feats.dtype == np.float32 and np.isfinite(feats).all()
 
 
 def test_features_equal_xrv_features2_and_are_deterministic(
@@ -220,14 +226,16 @@ def test_evaluate_reports_inception_and_xrv_side_by_side(
         "classes=covid,normal",
     )
     assert prepared.exit_code == 0, prepared.output
-    gen = tmp_path / "gen"  # unlabelled, so each network computes one FID (a 2048-d one is slow on CPU)
-    gen.mkdir()
+    gen = tmp_path / "gen"
     rng = np.random.default_rng(1)
-    for i in range(12):
-        Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(gen / f"{i}.png")
+    for label in ("covid", "normal"):
+        (gen / label).mkdir(parents=True)
+        for i in range(7):
+            Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(gen / label / f"{i}.png")
     out = tmp_path / "report"
-    common = ["evaluate", "--fid", "--kid", "--prdc", "--generated", str(gen)]
-    common += ["--inception-weights", str(standin_inception), "--opt", "kid.num_subsets=5"]
+    # KID and PRDC through the command line (FID below: a 2048-d stand-in FID is slow on a busy CPU)
+    common = ["evaluate", "--kid", "--prdc", "--generated", str(gen), "--opt", "kid.num_subsets=5"]
+    common += ["--inception-weights", str(standin_inception)]
     result = cxraug_cli(
         *common,
         "--features",
@@ -240,18 +248,15 @@ def test_evaluate_reports_inception_and_xrv_side_by_side(
     )
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
-    assert set(doc["values"]) == {"fid", "kid", "prdc", "fid@xrv", "kid@xrv", "prdc@xrv"}
+    assert set(doc["values"]) == {"kid", "prdc", "kid@xrv", "prdc@xrv"}
     assert doc["feature_networks"] == {
-        "fid": "inception",
-        "fid@xrv": "xrv",
         "kid": "inception",
         "kid@xrv": "xrv",
         "prdc": "inception",
         "prdc@xrv": "xrv",
     }
-    assert (
-        doc["values"]["fid@xrv"]["fid"] > 0 and doc["values"]["fid@xrv"]["fid"] != doc["values"]["fid"]["fid"]
-    )
+    assert doc["values"]["kid@xrv"]["kid"] != doc["values"]["kid"]["kid"]
+    assert "kid/covid" in doc["values"]["kid@xrv"] and "coverage" in doc["values"]["prdc@xrv"]
     assert doc["feature_extractors"]["xrv"].startswith("xrv-densenet121:sha256=")
     assert doc["feature_extractors"]["inception"].startswith("inception-torchscript:sha256=")
     assert doc["request"]["xrv_weights"] == str(weights["state"])
@@ -259,9 +264,33 @@ def test_evaluate_reports_inception_and_xrv_side_by_side(
     assert "## By feature network" in report
     header = next(line for line in report.splitlines() if line.startswith("| metric | name | Inception"))
     assert "TorchXRayVision DenseNet-121" in header
-    assert "| fid | fid | " in report and "| prdc | coverage | " in report
+    assert "| kid | kid/covid | " in report and "| prdc | coverage | " in report
 
-    # offline without xrv weights: one line, exit 2, before anything is computed
+    # FID on both networks, the xrv one equal to FID of the network's features computed directly
+    registry = build_registry(get_plugin_manager())
+    ds = PreparedDataset(cxraug_workspace.dataset_dir(json.loads(result.stdout)["sources"]["dataset"]))
+    req = EvalRequest(
+        metrics={"fid": resolve_options(registry.metric("fid").Options, plugin="fid")},
+        dataset=ds,
+        out_dir=tmp_path / "fid",
+        generated_dir=gen,
+        features=["inception", "xrv"],
+        xrv_weights=weights["state"],
+    )
+    pooled = F.CallableExtractor(lambda b: torch.nn.functional.adaptive_avg_pool2d(b, 4).flatten(1), "pooled")
+    fid_doc = run_evaluation(req, registry, cxraug_workspace, extractor_factory=lambda mode: pooled)
+    ext = F.xrv_extractor(weights["state"])
+    real = F.extract(np.asarray(ds.images[ds.indices("train")]), ext)
+    generated = F.extract(read_image_folder(gen, ds.size)[0], ext)
+    assert fid_doc["values"]["fid@xrv"]["fid"] == pytest.approx(fid(real, generated), rel=1e-6)
+    assert fid_doc["values"]["fid"]["fid"] != fid_doc["values"]["fid@xrv"]["fid"]
+    write_reports(fid_doc, tmp_path / "fid")
+    side = (tmp_path / "fid" / "report.md").read_text().split("## By feature network")[1]
+    row = next(line for line in side.splitlines() if line.startswith("| fid | fid | "))
+    assert row.count("|") == 5 and f"{fid_doc['values']['fid@xrv']['fid']:.4f}" in row
+
+    # offline without xrv weights: one line, exit 2, before any report folder is made
     offline = cxraug_cli(*common, "--features", "xrv", "--out", str(tmp_path / "r2"))
     assert offline.exit_code == 2 and "Traceback" not in offline.output
-    assert "--xrv-weights" in offline.output and "torchxrayvision" in offline.output.lower()
+    assert "--xrv-weights" in offline.output and F.XRV_URL in offline.output.replace("\n", "")
+    assert not (tmp_path / "r2").exists()

@@ -83,7 +83,7 @@ def check_xrv(
 ) -> None:
     """When anything asks for xrv features: torchxrayvision is installed and ``--xrv-weights`` (or its
     environment variable) names a file; checked before any image is generated."""
-    from cxraug.metrics.features import import_xrv, resolve_xrv_weights
+    from cxraug.metrics.features import check_xrv_download, import_xrv, resolve_xrv_weights
 
     wanted = "xrv" in (features or []) or any(
         opts.get("features") == "xrv" or opts.get("space") == "xrv" for opts in options.values()
@@ -91,7 +91,8 @@ def check_xrv(
     if not wanted:
         return
     import_xrv()
-    resolve_xrv_weights(weights)
+    if resolve_xrv_weights(weights) is None:
+        check_xrv_download()
 
 
 class EvaluationRecord(RunRecord[EvaluateSettings]):

@@ -515,14 +515,7 @@ def xrv_extractor(weights: Path | str | None = None, device: str | torch.device 
         model = xrv.models.DenseNet(weights=None)
         load_xrv_weights(model, path)
         return XrvExtractor(model, f"sha256={file_sha256(path)}", device)
-    fileio_error: OSError | None = None
-    try:
-        fileio.check_online(XRV_URL)
-    except OSError as exc:
-        fileio_error = exc
-    cached = Path(xrv.utils.get_cache_dir()).expanduser() / Path(XRV_URL).name
-    if fileio_error is not None and not cached.is_file():
-        raise _xrv_download_error(fileio_error, cached)
+    cached = check_xrv_download()
     # torchxrayvision prints its download messages; they go to the log, stdout stays clean
     buf = io.StringIO()
     try:
@@ -540,6 +533,19 @@ def xrv_extractor(weights: Path | str | None = None, device: str | torch.device 
             log.info("torchxrayvision: %s", " ".join(buf.getvalue().split()))
     local = Path(model.weights_filename_local)
     return XrvExtractor(model, f"sha256={file_sha256(local)}", device)
+
+
+def check_xrv_download() -> Path:
+    """Where torchxrayvision keeps the default weights; CxrError now if they are not there and
+    downloads are turned off ($CXRAUG_OFFLINE), so a command stops before any work."""
+    xrv = import_xrv()
+    cached = Path(xrv.utils.get_cache_dir()).expanduser() / Path(XRV_URL).name
+    if not cached.is_file():
+        try:
+            fileio.check_online(XRV_URL)
+        except OSError as exc:
+            raise _xrv_download_error(exc, cached) from None
+    return cached
 
 
 def _xrv_download_error(exc: BaseException, cached: Path) -> CxrError:
@@ -955,6 +961,22 @@ class FeatureService:
             feats = extract(images, ext, mode, bs, self.device)
         self._memo[key] = feats
         return feats
+
+
+def features_of(
+    fn: FeatureFn,
+    images: np.ndarray,
+    role: str,
+    *,
+    mode: str = "clean",
+    batch_size: int | None = None,
+    features: str = "inception",
+) -> np.ndarray:
+    """``fn(images, role, ...)`` passing ``features`` only when it is not Inception, so a FeatureFn
+    written before the argument existed still serves Inception metrics."""
+    if features == "inception":
+        return fn(images, role, mode=mode, batch_size=batch_size)
+    return fn(images, role, mode=mode, batch_size=batch_size, features=features)
 
 
 def features_service(services: MetricServices) -> FeatureFn:

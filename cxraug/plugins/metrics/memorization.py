@@ -18,7 +18,7 @@ from pydantic import Field
 
 from cxraug import hookimpl
 from cxraug.interfaces import Metric, MetricInputs, MetricResult
-from cxraug.metrics.features import FeatureOptions, features_service
+from cxraug.metrics.features import FeatureOptions, features_of, features_service
 
 PAIRS_FILE = "memorization_pairs.png"
 
@@ -81,10 +81,10 @@ class Memorization(Metric[MemorizationOptions]):
         else:
             features = features_service(inputs.services)
             mode, bs, net = o.mode, o.batch_size, o.space
-            gen = features(inputs.generated, "generated", mode=mode, batch_size=bs, features=net)
-            train = features(inputs.train, "train", mode=mode, batch_size=bs, features=net)
+            gen = features_of(features, inputs.generated, "generated", mode=mode, batch_size=bs, features=net)
+            train = features_of(features, inputs.train, "train", mode=mode, batch_size=bs, features=net)
             ref = (
-                features(holdout, "real", mode=mode, batch_size=bs, features=net)
+                features_of(features, holdout, "real", mode=mode, batch_size=bs, features=net)
                 if holdout is not None
                 else None
             )
