@@ -294,3 +294,11 @@ def test_evaluate_reports_inception_and_xrv_side_by_side(
     assert offline.exit_code == 2 and "Traceback" not in offline.output
     assert "--xrv-weights" in offline.output and F.XRV_URL in offline.output.replace("\n", "")
     assert not (tmp_path / "r2").exists()
+    not_weights = cxraug_cli(
+        *common, "--features", "xrv", "--xrv-weights", "/etc/passwd", "--out", str(tmp_path / "r3")
+    )
+    assert not_weights.exit_code == 2 and "--xrv-weights /etc/passwd: not a file written by torch.save" in (
+        not_weights.output
+    )
+    unknown = cxraug_cli(*common, "--features", "inception,resnet")
+    assert unknown.exit_code == 2 and "--features" in unknown.output and "'xrv'" in unknown.output

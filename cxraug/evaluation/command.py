@@ -91,8 +91,14 @@ def check_xrv(
     if not wanted:
         return
     import_xrv()
-    if resolve_xrv_weights(weights) is None:
+    path = resolve_xrv_weights(weights)
+    if path is None:
         check_xrv_download()
+    elif (problem := not_a_torch_file(path)) is not None:
+        raise OptionsError(
+            f"--xrv-weights {path}: {problem}; give TorchXRayVision's densenet121-res224-all file or a "
+            "state dict of xrv.models.DenseNet"
+        )
 
 
 class EvaluationRecord(RunRecord[EvaluateSettings]):

@@ -550,8 +550,9 @@ def check_xrv_download() -> Path:
 
 def _xrv_download_error(exc: BaseException, cached: Path) -> CxrError:
     gist = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    where = "" if XRV_URL in gist else f" URL: {XRV_URL}."
     return CxrError(
-        f"download of TorchXRayVision's {XRV_WEIGHTS_NAME} weights failed: {gist}. URL: {XRV_URL}. "
+        f"download of TorchXRayVision's {XRV_WEIGHTS_NAME} weights failed: {gist}.{where} "
         f"Download it elsewhere and pass --xrv-weights FILE (or set {XRV_ENV}=FILE), or put it at {cached}"
     )
 
