@@ -302,3 +302,43 @@ def test_evaluate_reports_inception_and_xrv_side_by_side(
     )
     unknown = cxraug_cli(*common, "--features", "inception,resnet")
     assert unknown.exit_code == 2 and "--features" in unknown.output and "'xrv'" in unknown.output
+
+
+def test_experiment_gan_quality_asks_for_both_networks_and_labels_xrv_values(
+    cxraug_workspace, weights: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The study hands --features/--xrv-weights to the evaluation engine and keeps X-ray values
+    apart (fid@xrv); the engine itself is exercised above, so it is stubbed here."""
+    import cxraug.evaluation.engine as engine
+    from cxraug.experiment.runner import Experiment, ExperimentSettings
+
+    seen: list[EvalRequest] = []
+
+    def fake_run(req: EvalRequest, registry, workspace):  # type: ignore[no-untyped-def]
+        seen.append(req)
+        return {
+            "values": {
+                "fid": {"fid": 10.0},
+                "kid": {"kid": 0.1, "kid_std": 0.01},
+                "fid@xrv": {"fid": 3.0},
+                "kid@xrv": {"kid": 0.03, "kid_std": 0.003},
+            }
+        }
+
+    monkeypatch.setattr(engine, "run_evaluation", fake_run)
+    monkeypatch.setattr(F, "inception_extractor", lambda *a, **k: None)
+    settings = ExperimentSettings(
+        features=["inception", "xrv"], xrv_weights=str(weights["state"]), device="cpu"
+    )
+    exp = Experiment(cxraug_workspace, build_registry(get_plugin_manager()), tmp_path / "study", settings)
+    exp.state["gan_run"] = str(tmp_path / "gan-run")
+    quality = exp.gan_quality(source=None)  # type: ignore[arg-type]
+    assert quality == {
+        "fid": 10.0,
+        "kid": 0.1,
+        "kid_std": 0.01,
+        "fid@xrv": 3.0,
+        "kid@xrv": 0.03,
+        "kid_std@xrv": 0.003,
+    }
+    assert seen[0].features == ["inception", "xrv"] and seen[0].xrv_weights == weights["state"]
