@@ -134,9 +134,14 @@ def by_network(doc: dict[str, Any]) -> list[dict[str, Any]]:
     if len(set(networks.values())) < 2:
         return []
     order = [n for n in NETWORK_TITLES if n in networks.values()]
+    nets_of: dict[str, set[str]] = {}
+    for entry, net in networks.items():
+        nets_of.setdefault(entry.split("@", 1)[0], set()).add(net)
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for entry, net in networks.items():
         metric = entry.split("@", 1)[0]
+        if len(nets_of[metric]) < 2:  # e.g. memorization in Inception space only
+            continue
         for name, value in doc["values"].get(entry, {}).items():
             row = rows.setdefault(
                 (metric, name), {"metric": metric, "name": name, **dict.fromkeys(order, "")}
