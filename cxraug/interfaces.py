@@ -382,8 +382,9 @@ class FeatureFn(Protocol):
     """Image features: (N, S, S) uint8 images -> (N, D) float array, one row per image.
 
     ``role`` says which image set it is ("real", "train", "generated"; real sets may be cached on
-    disk), ``mode`` the resizing ("clean", "legacy_tensorflow", "legacy_pytorch") and
-    ``batch_size`` overrides the extractor's default.
+    disk), ``mode`` the resizing ("clean", "legacy_tensorflow", "legacy_pytorch"),
+    ``batch_size`` overrides the extractor's default and ``features`` names the network
+    ("inception", or "xrv": TorchXRayVision's chest X-ray DenseNet-121).
     """
 
     def __call__(
@@ -392,6 +393,7 @@ class FeatureFn(Protocol):
         role: str = "generated",
         mode: str = "clean",
         batch_size: int | None = None,
+        features: str = "inception",
     ) -> np.ndarray: ...
 
 
@@ -409,6 +411,8 @@ class MetricServices:
     feature_cache: Path | None = None
     #: Local Inception weights for a built extractor; None: $CXRAUG_INCEPTION_WEIGHTS or a download.
     inception_weights: Path | None = None
+    #: Local TorchXRayVision DenseNet weights; None: $CXRAUG_XRV_WEIGHTS or torchxrayvision's download.
+    xrv_weights: Path | None = None
     #: The torch device string to compute on.
     device: str = "cpu"
     #: (N, S, S) uint8 real images the GAN never saw (the evaluated split), for memorisation.

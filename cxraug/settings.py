@@ -12,7 +12,7 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Generic, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, ValidationInfo, field_validator
 
@@ -32,6 +32,8 @@ def split_list(values: Any) -> list[str]:
 
 #: A list of names that also accepts ``"a,b"`` and repeated flags.
 NameList = Annotated[list[str], BeforeValidator(split_list)]
+#: ``--features inception,xrv`` (or repeated): the feature networks of FID, KID and PRDC.
+FeatureList = Annotated[list[Literal["inception", "xrv"]], BeforeValidator(split_list)]
 
 
 #: Most images one command may be asked to make or add (``--n``, ``--synthetic``, ``--classic``,

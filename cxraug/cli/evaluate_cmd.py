@@ -21,7 +21,7 @@ from cxraug.cli.common import (
     workspace_from,
 )
 from cxraug.evaluation.command import EvaluateJob, EvaluateSettings
-from cxraug.metrics.features import WEIGHTS_ENV
+from cxraug.metrics.features import WEIGHTS_ENV, XRV_ENV
 from cxraug.training.lifecycle import execute
 from cxraug.ui import console
 
@@ -66,6 +66,22 @@ InceptionWeightsOpt = Annotated[
         "--inception-weights", envvar=WEIGHTS_ENV, help="Local Inception weights file (offline use)."
     ),
 ]
+FeaturesOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--features",
+        help="Feature networks of FID/KID/PRDC: inception (default), xrv (TorchXRayVision's chest X-ray "
+        "DenseNet-121), or inception,xrv for both side by side (comma list or repeated).",
+    ),
+]
+XrvWeightsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--xrv-weights",
+        envvar=XRV_ENV,
+        help="Local TorchXRayVision densenet121-res224-all file or DenseNet state dict (offline use).",
+    ),
+]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of generated latents and bootstraps.")]
 OutOpt = Annotated[
     Path | None, typer.Option("--out", help="Report folder (default: WORKSPACE/reports/eval-TIME).")
@@ -94,6 +110,8 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
         truncation: TruncationOpt = 1.0,
         mode: ModeOpt = None,
         inception_weights: InceptionWeightsOpt = None,
+        features: FeaturesOpt = None,
+        xrv_weights: XrvWeightsOpt = None,
         seed: SeedOpt = 0,
         device: DeviceOpt = "auto",
         out: OutOpt = None,

@@ -25,7 +25,7 @@ from cxraug.errors import OptionsError
 from cxraug.experiment.report import summary_table
 from cxraug.experiment.runner import ARMS, STATE, ExperimentJob, ExperimentRun, ExperimentSettings
 from cxraug.experiment.runner import reanalyse as reanalyse_study
-from cxraug.metrics.features import WEIGHTS_ENV
+from cxraug.metrics.features import WEIGHTS_ENV, XRV_ENV
 from cxraug.settings import build_settings
 from cxraug.training.lifecycle import execute
 from cxraug.ui import console
@@ -81,6 +81,19 @@ InceptionWeightsOpt = Annotated[
     Path | None,
     typer.Option("--inception-weights", envvar=WEIGHTS_ENV, help="Local Inception weights for FID/KID."),
 ]
+FeaturesOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--features",
+        help="Feature networks of the GAN's FID/KID: inception (default), xrv (TorchXRayVision), or both.",
+    ),
+]
+XrvWeightsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--xrv-weights", envvar=XRV_ENV, help="Local TorchXRayVision DenseNet weights (offline use)."
+    ),
+]
 OutOpt = Annotated[Path | None, typer.Option("--out", help="Experiment folder; an existing one resumes.")]
 ResumeOpt = Annotated[
     bool,
@@ -110,6 +123,8 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
         seed: SeedOpt = 0,
         device: DeviceOpt = "auto",
         inception_weights: InceptionWeightsOpt = None,
+        features: FeaturesOpt = None,
+        xrv_weights: XrvWeightsOpt = None,
         out: OutOpt = None,
         resume: ResumeOpt = False,
         opt: OptOpt = None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -17,7 +18,7 @@ from cxraug.evaluation.engine import EvalRequest, image_files, run_evaluation
 from cxraug.evaluation.report import write_reports
 from cxraug.interfaces import DistContext
 from cxraug.options import resolve_options
-from cxraug.settings import MAX_IMAGES, Settings
+from cxraug.settings import MAX_IMAGES, FeatureList, Settings
 from cxraug.training.checkpoint import not_a_torch_file
 from cxraug.training.classifier_run import ClassifierRun
 from cxraug.training.gan_run import MAX_SEED, GanRun
@@ -51,6 +52,9 @@ class EvaluateSettings(Settings):
     truncation: float = Field(1.0, gt=0, le=2, allow_inf_nan=False)
     mode: Literal["clean", "legacy_pytorch", "legacy_tensorflow"] | None = None
     inception_weights: str | None = None
+    #: None: each metric's ``features`` option (inception unless --opt fid.features=xrv).
+    features: FeatureList | None = Field(None, min_length=1)
+    xrv_weights: str | None = None
     seed: int = Field(0, ge=0, le=MAX_SEED)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     out: str | None = None
@@ -71,6 +75,29 @@ def check_inception_weights(value: str | None) -> None:
         raise OptionsError(
             f"--inception-weights {value}: {problem}; give clean-fid's Inception weights (TorchScript) "
             "or pytorch-fid's state dict"
+        )
+
+
+def check_xrv(
+    features: Sequence[str] | None, options: dict[str, dict[str, Any]], weights: str | None
+) -> None:
+    """When anything asks for xrv features: torchxrayvision is installed and ``--xrv-weights`` (or its
+    environment variable) names a file; checked before any image is generated."""
+    from cxraug.metrics.features import check_xrv_download, import_xrv, resolve_xrv_weights
+
+    wanted = "xrv" in (features or []) or any(
+        opts.get("features") == "xrv" or opts.get("space") == "xrv" for opts in options.values()
+    )
+    if not wanted:
+        return
+    import_xrv()
+    path = resolve_xrv_weights(weights)
+    if path is None:
+        check_xrv_download()
+    elif (problem := not_a_torch_file(path)) is not None:
+        raise OptionsError(
+            f"--xrv-weights {path}: {problem}; give TorchXRayVision's densenet121-res224-all file or a "
+            "state dict of xrv.models.DenseNet"
         )
 
 
@@ -146,6 +173,7 @@ class EvaluateJob(Job[EvaluateSettings, EvaluationRun]):
                     "or pass --classifier RUN"
                 )
             clf = str(ClassifierRun.resolve(ws, s.classifier).path)
+        check_xrv(s.features, options, s.xrv_weights)
         update = {"metric": chosen, "metric_options": options, "gan": gan, "classifier": clf}
         update["data"] = self.dataset_for(s.data, gan, clf).name
         return EvaluateSettings.model_validate({**s.model_dump(), **update})
@@ -201,6 +229,8 @@ class EvaluateJob(Job[EvaluateSettings, EvaluationRun]):
             truncation=s.truncation,
             device=str(device),
             inception_weights=Path(s.inception_weights) if s.inception_weights else None,
+            features=list(s.features) if s.features else None,
+            xrv_weights=Path(s.xrv_weights) if s.xrv_weights else None,
         )
         doc = run_evaluation(req, registry, self.ws)
         write_reports(doc, run.path)

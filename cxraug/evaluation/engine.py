@@ -21,7 +21,7 @@ from cxraug.errors import DataError, OptionsError
 from cxraug.fileio import file_sha256
 from cxraug.imageio import ImageReadError, fit_square, read_gray
 from cxraug.interfaces import MetricInputs, PluginOptions
-from cxraug.metrics.features import FeatureCache, FeatureService
+from cxraug.metrics.features import FEATURES, FeatureCache, FeatureService
 from cxraug.options import to_jsonable
 from cxraug.registry import Registry
 from cxraug.training.classifier_run import load_classifier
@@ -54,7 +54,26 @@ class EvalRequest:
     truncation: float = 1.0
     device: str = "cpu"
     inception_weights: Path | None = None
+    #: Feature networks of FID/KID/PRDC (``--features``); None: each metric's own option.
+    features: list[str] | None = None
+    xrv_weights: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def metric_entries(
+    metrics: dict[str, PluginOptions], features: list[str] | None
+) -> list[tuple[str, str, PluginOptions]]:
+    """(entry, metric, options) per computation: a metric with a ``features`` option once per feature
+    network of ``features``; entries other than Inception's are labelled ``METRIC@NETWORK``."""
+    out = []
+    for name, opts in metrics.items():
+        if "features" not in type(opts).model_fields:
+            out.append((name, name, opts))
+            continue
+        for net in features or [getattr(opts, "features", "inception")]:
+            copy = opts.model_copy(update={"features": net})
+            out.append((name if net == "inception" else f"{name}@{net}", name, copy))
+    return out
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -136,6 +155,7 @@ def run_evaluation(
     workspace: Workspace,
     *,
     extractor_factory: Callable[[str], Any] | None = None,
+    xrv_factory: Callable[[], Any] | None = None,
 ) -> dict[str, Any]:
     """Run every requested metric plugin; returns what metrics.json holds (also written there)."""
     req.out_dir.mkdir(parents=True, exist_ok=True)
@@ -204,19 +224,28 @@ def run_evaluation(
         )
     inputs.services.device = req.device
     inputs.services.inception_weights = req.inception_weights
+    inputs.services.xrv_weights = req.xrv_weights
     inputs.services.feature_cache = workspace.root / "cache" / "features"
     inputs.services.features = FeatureService(
         weights=req.inception_weights,
+        xrv_weights=req.xrv_weights,
         device=req.device,
         cache=FeatureCache(inputs.services.feature_cache),
         extractor_factory=extractor_factory,
+        xrv_factory=xrv_factory,
     )
     results: dict[str, Any] = {"values": {}, "tables": {}, "artifacts": {}}
-    for name, cls in classes.items():
+    entries = metric_entries(req.metrics, req.features)
+    networks: dict[str, str] = {}
+    for name, metric, opts in entries:
+        cls = classes[metric]
         missing = [f for f in cls.requires if getattr(inputs, f) is None]
         if missing:
             raise OptionsError(f"metric {name} needs {', '.join(missing)}, which this evaluation has not got")
-        result = cls(req.metrics[name]).compute(inputs)
+        net = getattr(opts, "features", None) or getattr(opts, "space", None)
+        if net in FEATURES:
+            networks[name] = net
+        result = cls(opts).compute(inputs)
         results["values"][name] = {k: float(v) for k, v in result.values.items()}
         results["tables"].update({f"{name}.{k}": v for k, v in result.tables.items()})
         results["artifacts"].update(
@@ -236,7 +265,7 @@ def run_evaluation(
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "cxraug_version": __version__,
         "sources": sources,
-        "options": {name: to_jsonable(opts) for name, opts in req.metrics.items()},
+        "options": {name: to_jsonable(opts) for name, _, opts in entries},
         "request": {
             "n": req.n,
             "seed": req.seed,
@@ -244,7 +273,13 @@ def run_evaluation(
             "device": req.device,
             "inception_weights": str(req.inception_weights) if req.inception_weights else None,
             "inception_weights_sha256": file_sha256(req.inception_weights) if req.inception_weights else None,
+            "features": req.features,
+            "xrv_weights": str(req.xrv_weights) if req.xrv_weights else None,
+            "xrv_weights_sha256": file_sha256(req.xrv_weights) if req.xrv_weights else None,
         },
+        # which feature network each value was computed on, and what exactly that network was
+        "feature_networks": networks,
+        "feature_extractors": service.identities if isinstance(service, FeatureService) else {},
         "warnings": service.warnings if isinstance(service, FeatureService) else [],
         **results,
     }

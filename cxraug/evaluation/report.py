@@ -113,6 +113,37 @@ def _figures(doc: dict[str, Any]) -> list[tuple[str, str]]:
     return figs
 
 
+NETWORK_TITLES = {
+    "inception": "Inception (clean-fid)",
+    "xrv": "TorchXRayVision DenseNet-121",
+}
+
+
+def by_network(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows (metric, value name, one column per feature network) of metrics computed on several
+    networks, so Inception and X-ray distances stand side by side; [] when only one was used."""
+    networks = doc.get("feature_networks", {})
+    if len(set(networks.values())) < 2:
+        return []
+    order = [n for n in NETWORK_TITLES if n in networks.values()]
+    nets_of: dict[str, set[str]] = {}
+    for entry, net in networks.items():
+        nets_of.setdefault(entry.split("@", 1)[0], set()).add(net)
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for entry, net in networks.items():
+        metric = entry.split("@", 1)[0]
+        if len(nets_of[metric]) < 2:  # e.g. memorization in Inception space only
+            continue
+        for name, value in doc["values"].get(entry, {}).items():
+            row = rows.setdefault(
+                (metric, name), {"metric": metric, "name": name, **dict.fromkeys(order, "")}
+            )
+            row[net] = value
+    return [
+        {k if k not in NETWORK_TITLES else NETWORK_TITLES[k]: v for k, v in r.items()} for r in rows.values()
+    ]
+
+
 def write_reports(doc: dict[str, Any], out_dir: Path, title: str = "cxraug evaluation") -> tuple[Path, Path]:
     """The evaluation report (values, tables, figures) as report.md and report.html."""
     lines = [f"# {title}", "", f"created {doc['created']} with cxraug {doc['cxraug_version']}", ""]
@@ -121,6 +152,18 @@ def write_reports(doc: dict[str, Any], out_dir: Path, title: str = "cxraug evalu
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in doc["warnings"]]
     lines += ["", "## Values", "", "| metric | name | value |", "|---|---|---|"]
     lines += [f"| {m} | {k} | {fmt(v)} |" for m, values in doc["values"].items() for k, v in values.items()]
+    if doc.get("feature_networks"):
+        lines += [
+            "",
+            "Feature networks: "
+            + ", ".join(
+                f"`{entry}` on {NETWORK_TITLES.get(net, net)}"
+                for entry, net in doc["feature_networks"].items()
+            ),
+        ]
+    side = by_network(doc)
+    if side:
+        lines += ["", "## By feature network", ""] + table_md(side)
     for name, rows in doc.get("tables", {}).items():
         if isinstance(rows, list) and rows and isinstance(rows[0], dict):
             lines += ["", f"## {name}", ""] + table_md(rows)

@@ -20,7 +20,7 @@ from cxraug.experiment import stats
 from cxraug.interfaces import AugmentServices, DistContext
 from cxraug.metrics.classification import evaluate_classifier, macro_auc
 from cxraug.registry import Registry
-from cxraug.settings import MAX_IMAGES, NameList, Settings
+from cxraug.settings import MAX_IMAGES, FeatureList, NameList, Settings
 from cxraug.training.classifier_run import ClassifierRun, ClassifierSettings
 from cxraug.training.classifier_trainer import ClassifierJob
 from cxraug.training.gan_run import MAX_SEED, GanRun, GanSettings
@@ -68,7 +68,7 @@ class ExperimentSettings(Settings):
     """``cxraug experiment``: the study (recorded; a resume must ask for the same study)."""
 
     section: ClassVar[str] = "experiment"
-    resumable: ClassVar[frozenset[str]] = frozenset({"device", "inception_weights"})
+    resumable: ClassVar[frozenset[str]] = frozenset({"device", "inception_weights", "xrv_weights"})
 
     data: str | None = None
     gan: str | None = None  # architecture to train, or an existing GAN run
@@ -90,6 +90,9 @@ class ExperimentSettings(Settings):
     seed: int = Field(0, ge=0, le=MAX_SEED - 1000)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     inception_weights: str | None = None
+    #: Feature networks of the GAN's FID/KID (None: Inception); see ``cxraug evaluate --features``.
+    features: FeatureList | None = Field(None, min_length=1)
+    xrv_weights: str | None = None
     quick: bool = False
     #: Go on with a reused GAN run that saw the study's val/test images or cannot be verified.
     allow_gan_overlap: bool = False
@@ -139,11 +142,12 @@ class ExperimentJob(Job[ExperimentSettings, ExperimentRun]):
     run_type: ClassVar[type[ExperimentRun]] = ExperimentRun
 
     def resolve(self, settings: ExperimentSettings) -> ExperimentSettings:
-        from cxraug.evaluation.command import check_inception_weights
+        from cxraug.evaluation.command import check_inception_weights, check_xrv
 
         if settings.out is not None and Path(settings.out).exists() and not Path(settings.out).is_dir():
             raise OptionsError(f"--out {settings.out}: a file, not a folder; choose a folder for the study")
         check_inception_weights(settings.inception_weights)
+        check_xrv(settings.features, {}, settings.xrv_weights)
         preset = QUICK if settings.quick else FULL
         dataset = self.open(settings.data, real=True)
         source = dataset.info.get("augmented_from")
@@ -514,14 +518,24 @@ class Experiment:
             seed=self.config.seed,
             device=self.device,
             inception_weights=Path(self.config.inception_weights) if self.config.inception_weights else None,
+            features=list(self.config.features) if self.config.features else None,
+            xrv_weights=Path(self.config.xrv_weights) if self.config.xrv_weights else None,
         )
         try:
-            from cxraug.metrics.features import inception_extractor
+            from cxraug.metrics.features import inception_extractor, xrv_extractor
 
             # fail fast (offline, no weights) before generating images for nothing
-            inception_extractor(req.inception_weights, req.device, "clean")
+            if "inception" in (req.features or ["inception"]):
+                inception_extractor(req.inception_weights, req.device, "clean")
+            if "xrv" in (req.features or []):
+                xrv_extractor(req.xrv_weights, req.device)
             doc = run_evaluation(req, self.registry, self.ws)
-            result = {**doc["values"]["fid"], **doc["values"]["kid"]}
+            # values of other feature networks than Inception are labelled NAME@NETWORK (fid@xrv)
+            result = {
+                f"{key}@{entry.partition('@')[2]}" if "@" in entry else key: value
+                for entry, values in doc["values"].items()
+                for key, value in values.items()
+            }
         except CxrError as exc:
             result = {"skipped": str(exc)}
             console.print(f"[yellow]FID/KID skipped: {exc}[/]", soft_wrap=True)

@@ -1,22 +1,27 @@
-"""Image features for generative metrics, computed exactly as clean-fid computes them.
+"""Image features for generative metrics: Inception computed exactly as clean-fid computes it, and
+TorchXRayVision's chest X-ray DenseNet-121 preprocessed exactly as TorchXRayVision documents.
 
 clean-fid (Parmar et al., "On Aliased Resizing and Surprising Subtleties in GAN Evaluation", CVPR 2022)
 reads each image file as 8-bit RGB, resizes it with the resizer of the chosen mode
 (``cleanfid.resize.build_resizer``), turns it into a float32 tensor holding values in [0, 255] and hands
 batches of those to the feature network. ``extract`` runs the same steps on in-memory grayscale arrays,
-so numbers equal clean-fid's on the same images saved as PNG.
+so numbers equal clean-fid's on the same images saved as PNG. ``XrvExtractor`` has its own
+preprocessing (see there); every extractor prepares its own batches.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
+import io
 import json
 import logging
 import os
+import pickle
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from types import ModuleType
@@ -30,6 +35,7 @@ from cxraug import fileio
 from cxraug.errors import CxrError
 from cxraug.fileio import atomic_write
 from cxraug.interfaces import FeatureFn, MetricServices, PluginOptions
+from cxraug.ui import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +60,20 @@ KNOWN_TORCHSCRIPT: dict[str, str] = {
 }
 PYTORCH_FID_FILE = "pt_inception-2015-12-05-6726825d.pth"
 PYTORCH_FID_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
+#: The feature networks ``--features`` chooses from.
+FEATURES: tuple[str, ...] = ("inception", "xrv")
+XRV_ENV = "CXRAUG_XRV_WEIGHTS"
+#: TorchXRayVision's DenseNet-121 trained on all its datasets, and where its own download fetches it
+#: from (torchxrayvision/models.py ``model_urls["all"]``, torchxrayvision 1.5.7).
+XRV_WEIGHTS_NAME = "densenet121-res224-all"
+XRV_URL = (
+    "https://github.com/mlmed/torchxrayvision/releases/download/v1/"
+    "nih-pc-chex-mimic_ch-google-openi-kaggle-densenet121-d121-tw-lr001-rot45-tr15-sc15-seed0-best.pt"
+)
+#: The resolution TorchXRayVision's DenseNets were trained at (``input_resolution`` in model_urls).
+XRV_RESOLUTION = 224
+#: Length of the pooled DenseNet-121 feature vector (``features2``: 1024 channels of ``norm5``).
+XRV_DIM = 1024
 #: Roles whose features FeatureService keeps on disk: real splits, shared by every run evaluated.
 REAL_ROLES: tuple[str, ...] = ("real", "train", "holdout")
 _CACHE_FORMAT = 1
@@ -68,6 +88,16 @@ class FeatureOptions(PluginOptions):
         "numbers), legacy_pytorch or legacy_tensorflow.",
     )
     batch_size: int = Field(64, ge=1, le=4096, description="Images per Inception batch.")
+
+
+class DistanceOptions(FeatureOptions):
+    """Options of metrics that compare feature distributions (FID, KID, PRDC): which network."""
+
+    features: Literal["inception", "xrv"] = Field(
+        "inception",
+        description="Feature network: inception (clean-fid's, comparable to published numbers) or xrv "
+        '(TorchXRayVision\'s chest X-ray DenseNet-121; `pip install "cxraug[xrv]"`).',
+    )
 
 
 def check_mode(mode: str) -> str:
@@ -97,11 +127,18 @@ class FeatureExtractor(ABC):
 
     #: Short name for logs.
     name: str = "features"
+    #: Set when the extractor ignores the clean-fid mode and always prepares images its own way
+    #: (part of cache keys instead of the mode).
+    preprocessing: str | None = None
 
     @property
     def identity(self) -> str:
         """What tells these features apart from another extractor's (part of cache keys)."""
         return self.name
+
+    def prepare(self, images: np.ndarray, mode: str) -> torch.Tensor:
+        """The network's input batch for (B, H, W) uint8 images: clean-fid's preprocessing of ``mode``."""
+        return preprocess(images, mode)
 
     @abstractmethod
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
@@ -386,6 +423,258 @@ def _pytorch_fid_local(path: Path, device: str | torch.device) -> FeatureExtract
     )
 
 
+# ------------------------------------------------------------------------- TorchXRayVision DenseNet
+
+
+def import_xrv() -> ModuleType:
+    """The torchxrayvision package, or CxrError saying how to install it."""
+    try:
+        # torchxrayvision/models.py calls warnings.filterwarnings("ignore") when imported, which
+        # would silence every warning of the process; catch_warnings puts the filters back.
+        with warnings.catch_warnings():
+            import torchxrayvision
+    except ImportError as exc:
+        raise CxrError(
+            f'X-ray features (--features xrv) need torchxrayvision ({exc}): pip install "cxraug[xrv]"'
+        ) from exc
+    return torchxrayvision
+
+
+class XrvExtractor(FeatureExtractor):
+    """TorchXRayVision's DenseNet-121 (Cohen et al., "TorchXRayVision: A library of chest X-ray
+    datasets and models", MIDL 2022, arXiv:2111.00595; https://github.com/mlmed/torchxrayvision):
+    the 1024 pooled features of ``DenseNet.features2`` (ReLU, then global average pooling of the
+    last dense block's batch norm), on images prepared as its README prescribes.
+    """
+
+    name = "xrv-densenet121"
+    preprocessing = f"xrv-normalize-1024-resize-{XRV_RESOLUTION}"
+
+    def __init__(self, model: torch.nn.Module, weights: str, device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+        self.model: Any = model.eval().to(self.device)
+        #: What the weights are: their file's sha256 (for cache keys and metrics.json).
+        self.weights = weights
+        self.xrv = import_xrv()
+
+    @property
+    def identity(self) -> str:
+        return f"xrv-densenet121:{self.weights}:torchxrayvision={self.xrv.__version__}"
+
+    def prepare(self, images: np.ndarray, mode: str) -> torch.Tensor:
+        """(B, 1, 224, 224) float32 in [-1024, 1024], as the torchxrayvision README prepares an 8-bit
+        image: ``xrv.datasets.normalize(img, 255)``, the mean over colour channels, then
+        ``XRayCenterCrop()`` and ``XRayResizer(224)``. ``mode`` (clean-fid's resizing) does not apply."""
+        ds = self.xrv.datasets
+        crop, resize = ds.XRayCenterCrop(), ds.XRayResizer(XRV_RESOLUTION)
+        items = []
+        for img in _check_images(images):
+            x = ds.normalize(img, 255)
+            if x.ndim == 3:
+                x = x.mean(2)
+            items.append(resize(crop(x[None, ...])))
+        return torch.from_numpy(np.stack(items).astype(np.float32))
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        if batch.ndim != 4 or batch.shape[1:] != (1, XRV_RESOLUTION, XRV_RESOLUTION):
+            raise ValueError(
+                f"xrv input must be (B, 1, {XRV_RESOLUTION}, {XRV_RESOLUTION}), got {tuple(batch.shape)}"
+            )
+        # DenseNet.features2 without its resolution and normalisation checks, which print to stdout
+        # (the batch is already at 224 px in [-1024, 1024]); same operations, same numbers.
+        feats = self.model.features(batch)
+        out = torch.nn.functional.relu(feats)
+        return torch.nn.functional.adaptive_avg_pool2d(out, (1, 1)).view(feats.size(0), -1)
+
+
+def resolve_xrv_weights(weights: Path | str | None) -> Path | None:
+    """The local xrv weights file: ``weights``, else $CXRAUG_XRV_WEIGHTS, else None (download)."""
+    source = "--xrv-weights"
+    if weights is None or str(weights) == "":
+        env = os.environ.get(XRV_ENV, "")
+        if not env:
+            return None
+        weights, source = env, f"${XRV_ENV}"
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise CxrError(
+            f"xrv weights file {path} (from {source}) does not exist; give the path of TorchXRayVision's "
+            f"{XRV_WEIGHTS_NAME} file ({XRV_URL}) or of a state dict of xrv.models.DenseNet"
+        )
+    return path
+
+
+def xrv_extractor(weights: Path | str | None = None, device: str | torch.device = "cpu") -> XrvExtractor:
+    """TorchXRayVision's DenseNet-121 from a local file if given (``weights`` or $CXRAUG_XRV_WEIGHTS),
+    else the standard way: ``xrv.models.DenseNet(weights="densenet121-res224-all")``, which downloads
+    the file into torchxrayvision's cache (~/.torchxrayvision/models_data) once. Offline without a
+    copy that raises CxrError naming the URL and --xrv-weights."""
+    xrv = import_xrv()
+    path = resolve_xrv_weights(weights)
+    if path is not None:
+        model = xrv.models.DenseNet(weights=None)
+        load_xrv_weights(model, path)
+        return XrvExtractor(model, f"sha256={file_sha256(path)}", device)
+    cached = check_xrv_download()
+    # torchxrayvision prints its download messages; they go to the log, stdout stays clean
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf):
+            model = xrv.models.DenseNet(weights=XRV_WEIGHTS_NAME)
+    except OSError as exc:  # requests' errors and URLError are OSErrors
+        raise _xrv_download_error(exc, cached) from exc
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        raise CxrError(
+            f"{cached}: not a readable TorchXRayVision weights file ({type(exc).__name__}); delete it "
+            f"(it is downloaded again from {XRV_URL}) or pass --xrv-weights FILE"
+        ) from exc
+    finally:
+        if buf.getvalue().strip():
+            log.info("torchxrayvision: %s", " ".join(buf.getvalue().split()))
+    local = Path(model.weights_filename_local)
+    return XrvExtractor(model, f"sha256={file_sha256(local)}", device)
+
+
+def check_xrv_download() -> Path:
+    """Where torchxrayvision keeps the default weights; CxrError now if they are not there and
+    downloads are turned off ($CXRAUG_OFFLINE), so a command stops before any work."""
+    xrv = import_xrv()
+    cached = Path(xrv.utils.get_cache_dir()).expanduser() / Path(XRV_URL).name
+    if not cached.is_file():
+        try:
+            fileio.check_online(XRV_URL)
+        except OSError as exc:
+            raise _xrv_download_error(exc, cached) from None
+    return cached
+
+
+def _xrv_download_error(exc: BaseException, cached: Path) -> CxrError:
+    gist = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    where = "" if XRV_URL in gist else f" URL: {XRV_URL}."
+    return CxrError(
+        f"download of TorchXRayVision's {XRV_WEIGHTS_NAME} weights failed: {gist}.{where} "
+        f"Download it elsewhere and pass --xrv-weights FILE (or set {XRV_ENV}=FILE), or put it at {cached}"
+    )
+
+
+#: Modules whose nn.Module classes a pickled xrv model may name; nothing else is imported or built.
+_XRV_PICKLE_MODULES = ("torch.nn.modules.", "torchxrayvision.", "torchvision.models.")
+#: The functions and containers a pickled model or state dict needs besides its layer classes:
+#: torch's tensor rebuilders (torch/_utils.py) and the containers modules keep their state in.
+_PICKLE_CALLABLES = frozenset(
+    {
+        "torch._utils._rebuild_tensor",
+        "torch._utils._rebuild_tensor_v2",
+        "torch._utils._rebuild_parameter",
+        "torch._utils._rebuild_parameter_with_state",
+        "collections.OrderedDict",
+        "builtins.set",
+        "builtins.frozenset",
+        "__builtin__.set",
+    }
+)
+
+
+def _module_class(qualified: str) -> type | None:
+    """The nn.Module subclass ``qualified`` names, if it lives in a module a DenseNet pickle may use."""
+    module, _, attr = qualified.rpartition(".")
+    if not module.startswith(_XRV_PICKLE_MODULES) and module not in ("torchxrayvision", "torch.nn"):
+        return None
+    try:
+        cls = getattr(importlib.import_module(module), attr, None)
+    except ImportError:
+        return None
+    return cls if isinstance(cls, type) and issubclass(cls, torch.nn.Module) else None
+
+
+class _LayerUnpickler(pickle.Unpickler):
+    """Builds only tensors, containers and nn.Module layers; any other global is refused, so a
+    crafted file cannot run code. A layer is created empty (``cls.__new__``) and given its saved
+    attributes by ``nn.Module.__setstate__``; no constructor or ``__reduce__`` of the file runs."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        qualified = f"{module}.{name}"
+        if qualified in _PICKLE_CALLABLES:
+            return super().find_class(module, name)
+        cls = _module_class(qualified)
+        if cls is None:
+            raise pickle.UnpicklingError(f"it names {qualified}, which is not a network layer or tensor")
+        return cls
+
+
+class _LayerPickle:
+    """A ``pickle_module`` for torch.load: torch's own file formats (zip and the legacy one
+    torchxrayvision's 2019-2020 files may use) with storages, read through _LayerUnpickler."""
+
+    Unpickler = _LayerUnpickler
+
+    @staticmethod
+    def load(file: Any, **kwargs: Any) -> Any:
+        return _LayerUnpickler(file, **kwargs).load()
+
+
+def read_xrv_file(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of an xrv weights file: a state dict, or the whole pickled model torchxrayvision
+    publishes (its loader calls ``torch.load(..., weights_only=False).state_dict()``, models.py).
+
+    Never executes code from the file (see _LayerUnpickler). torch's weights-only unpickler cannot
+    be used: it refuses the module records of the legacy (pre-zip) format a pickled model has.
+    """
+    bad = f"{path} is not TorchXRayVision DenseNet weights"
+    fix = (
+        f"pass the {XRV_WEIGHTS_NAME} file ({XRV_URL}) or a state dict of xrv.models.DenseNet "
+        "(torch.save(model.state_dict(), FILE))"
+    )
+    try:
+        with warnings.catch_warnings():
+            # the legacy format warns when a saved layer's source differs from the installed one
+            warnings.simplefilter("ignore")
+            obj: Any = torch.load(
+                str(path), map_location="cpu", pickle_module=_LayerPickle, weights_only=False
+            )
+    except pickle.UnpicklingError as exc:
+        raise CxrError(f"{bad}: {exc}; {fix}") from None
+    except (RuntimeError, OSError, EOFError, ValueError, KeyError, AttributeError, TypeError) as exc:
+        gist = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise CxrError(f"{bad} ({gist}); {fix}") from None
+    if isinstance(obj, torch.nn.Module):
+        obj = obj.state_dict()
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    ):
+        raise CxrError(
+            f"{bad}: it holds a {type(obj).__name__}, not a model or a state dict of tensors; {fix}"
+        )
+    return dict(obj)
+
+
+def load_xrv_weights(model: torch.nn.Module, path: Path) -> None:
+    """Put the weights of ``path`` into an xrv DenseNet; CxrError naming the first key or shape wrong.
+
+    Every ``features.*`` tensor must be there with its shape; the classifier layer (unused for
+    features) is loaded when it fits and ignored otherwise.
+    """
+    state = read_xrv_file(path)
+    want = model.state_dict()
+    missing = [k for k in want if k.startswith("features.") and k not in state]
+    if missing:
+        sample = ", ".join(sorted(state)[:3]) or "nothing"
+        raise CxrError(
+            f"{path} is not TorchXRayVision DenseNet-121 weights: {len(missing)} of its tensors are missing "
+            f"(first: {missing[0]}; the file has {sample}...)"
+        )
+    for key, value in want.items():
+        if key.startswith("features.") and tuple(state[key].shape) != tuple(value.shape):
+            raise CxrError(
+                f"{path}: tensor {key} has shape {tuple(state[key].shape)}, a DenseNet-121 needs "
+                f"{tuple(value.shape)}; pass the {XRV_WEIGHTS_NAME} file ({XRV_URL})"
+            )
+    usable = {k: v for k, v in state.items() if k in want and tuple(v.shape) == tuple(want[k].shape)}
+    model.load_state_dict(usable, strict=False)
+
+
 # ------------------------------------------------------------------------------------- extraction
 
 
@@ -432,27 +721,38 @@ def extract(
     batch_size: int = 64,
     device: str | torch.device = "cpu",
 ) -> np.ndarray:
-    """(N, D) features of (N, S, S) uint8 images, preprocessed as clean-fid preprocesses files."""
+    """(N, D) features of (N, S, S) uint8 images, each batch prepared by the extractor (clean-fid's
+    preprocessing for Inception and plain callables).
+
+    Shows progress: a bar on a terminal, "n/N, rate, ETA" log lines otherwise (cxraug.ui).
+    """
     images = _check_images(images)
     check_mode(mode)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     name = getattr(extractor, "name", type(extractor).__name__)
-    log.info("extracting %s features of %d images (mode %s)", name, len(images), mode)
+    how = getattr(extractor, "preprocessing", None) or f"mode {mode}"
+    log.info("extracting %s features of %d images (%s)", name, len(images), how)
     dev = torch.device(device)
     out: list[np.ndarray] = []
-    for start in range(0, len(images), batch_size):
-        batch = preprocess(images[start : start + batch_size], mode).to(dev)
-        with torch.no_grad():
-            feats = extractor(batch)
-        arr = feats.detach().cpu().numpy() if isinstance(feats, torch.Tensor) else np.asarray(feats)
-        if arr.ndim != 2 or arr.shape[0] != batch.shape[0]:
-            raise ValueError(
-                f"feature extractor {name} returned shape {arr.shape} for a batch of "
-                f"{batch.shape[0]}; expected (B, D)"
-            )
-        out.append(arr)
-        log.debug("features: %d/%d", start + len(arr), len(images))
+    with progress_bar(transient=True) as progress:
+        task = progress.add_task(f"{name} features of {len(images)} images", total=len(images))
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            if isinstance(extractor, FeatureExtractor):
+                batch = extractor.prepare(chunk, mode).to(dev)
+            else:
+                batch = preprocess(chunk, mode).to(dev)
+            with torch.no_grad():
+                feats = extractor(batch)
+            arr = feats.detach().cpu().numpy() if isinstance(feats, torch.Tensor) else np.asarray(feats)
+            if arr.ndim != 2 or arr.shape[0] != batch.shape[0]:
+                raise ValueError(
+                    f"feature extractor {name} returned shape {arr.shape} for a batch of "
+                    f"{batch.shape[0]}; expected (B, D)"
+                )
+            out.append(arr)
+            progress.advance(task, len(arr))
     if not out:
         return np.zeros((0, 0), dtype=np.float32)
     return np.concatenate(out)
@@ -476,7 +776,8 @@ def cache_key(images: np.ndarray, extractor: FeatureExtractor, mode: str, digest
         "format": _CACHE_FORMAT,
         "images": digest or content_hash(images),
         "extractor": getattr(extractor, "identity", getattr(extractor, "name", repr(extractor))),
-        "mode": mode,
+        # an extractor with its own preprocessing gives the same features in every clean-fid mode
+        "mode": getattr(extractor, "preprocessing", None) or mode,
         "clean_fid": cleanfid_version(),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
@@ -542,7 +843,7 @@ class FeatureCache:
         feats = extract(images, extractor, mode, batch_size, device)
         meta = {
             "extractor": extractor.identity,
-            "mode": mode,
+            "mode": getattr(extractor, "preprocessing", None) or mode,
             "clean_fid": cleanfid_version(),
             "shape": list(images.shape),
         }
@@ -578,11 +879,13 @@ class FeatureCache:
 
 
 class FeatureService:
-    """``MetricServices.features``: ``(images, role, mode="clean", batch_size=None) -> (N, D)``.
+    """``MetricServices.features``: ``(images, role, mode="clean", batch_size=None, features="inception")
+    -> (N, D)``.
 
-    Builds the Inception extractor of each mode once (or uses ``extractor_factory(mode)``). Features
-    of real splits (``role`` in ``cached_roles``) go through the on-disk cache; every result is also
-    kept in memory, so several metrics featurise each image set once.
+    Builds each extractor once: Inception per clean-fid mode (or ``extractor_factory(mode)``) and
+    TorchXRayVision's DenseNet (or ``xrv_factory()``) for ``features="xrv"``. Features of real splits
+    (``role`` in ``cached_roles``) go through the on-disk cache; every result is also kept in memory,
+    so several metrics featurise each image set once.
     """
 
     def __init__(
@@ -594,13 +897,17 @@ class FeatureService:
         batch_size: int = 64,
         cached_roles: Sequence[str] = REAL_ROLES,
         extractor_factory: Callable[[str], FeatureExtractor] | None = None,
+        xrv_weights: Path | str | None = None,
+        xrv_factory: Callable[[], FeatureExtractor] | None = None,
     ) -> None:
         self.weights = weights
+        self.xrv_weights = xrv_weights
         self.device = device
         self.cache = cache
         self.batch_size = batch_size
         self.cached_roles = frozenset(cached_roles)
         self._factory = extractor_factory
+        self._xrv_factory = xrv_factory
         self._extractors: dict[str, FeatureExtractor] = {}
         self._memo: dict[str, np.ndarray] = {}
 
@@ -609,20 +916,42 @@ class FeatureService:
         """What is doubtful about the extractors used so far (weights other than the published file)."""
         return sorted({w for e in self._extractors.values() if (w := getattr(e, "warning", None))})
 
-    def extractor(self, mode: str = "clean") -> FeatureExtractor:
+    @property
+    def identities(self) -> dict[str, str]:
+        """``{"inception" | "xrv": extractor identity}`` of the extractors used so far."""
+        out: dict[str, str] = {}
+        for key, ext in sorted(self._extractors.items()):
+            out.setdefault(key.split(":", 1)[0], ext.identity)
+        return out
+
+    def extractor(self, mode: str = "clean", features: str = "inception") -> FeatureExtractor:
         check_mode(mode)
-        if mode not in self._extractors:
+        if features == "xrv":
+            if "xrv" not in self._extractors:
+                self._extractors["xrv"] = (
+                    self._xrv_factory() if self._xrv_factory else xrv_extractor(self.xrv_weights, self.device)
+                )
+            return self._extractors["xrv"]
+        if features != "inception":
+            raise CxrError(f"unknown feature network {features!r}; use one of: {', '.join(FEATURES)}")
+        key = f"inception:{mode}"
+        if key not in self._extractors:
             if self._factory is not None:
-                self._extractors[mode] = self._factory(mode)
+                self._extractors[key] = self._factory(mode)
             else:
-                self._extractors[mode] = inception_extractor(self.weights, self.device, mode)
-        return self._extractors[mode]
+                self._extractors[key] = inception_extractor(self.weights, self.device, mode)
+        return self._extractors[key]
 
     def __call__(
-        self, images: np.ndarray, role: str = "generated", mode: str = "clean", batch_size: int | None = None
+        self,
+        images: np.ndarray,
+        role: str = "generated",
+        mode: str = "clean",
+        batch_size: int | None = None,
+        features: str = "inception",
     ) -> np.ndarray:
         images = _check_images(images)
-        ext = self.extractor(mode)
+        ext = self.extractor(mode, features)
         key = cache_key(images, ext, mode)
         if key in self._memo:
             return self._memo[key]
@@ -635,16 +964,36 @@ class FeatureService:
         return feats
 
 
+def features_of(
+    fn: FeatureFn,
+    images: np.ndarray,
+    role: str,
+    *,
+    mode: str = "clean",
+    batch_size: int | None = None,
+    features: str = "inception",
+) -> np.ndarray:
+    """``fn(images, role, ...)`` passing ``features`` only when it is not Inception, so a FeatureFn
+    written before the argument existed still serves Inception metrics."""
+    if features == "inception":
+        return fn(images, role, mode=mode, batch_size=batch_size)
+    return fn(images, role, mode=mode, batch_size=batch_size, features=features)
+
+
 def features_service(services: MetricServices) -> FeatureFn:
     """``services.features``, or a FeatureService built from the other services and stored there.
 
     A built service uses ``services.inception_weights`` (else $CXRAUG_INCEPTION_WEIGHTS),
-    ``services.device`` and, when set, the ``services.feature_cache`` folder; storing it lets the
-    next metric of the same evaluation reuse its extractor and features.
+    ``services.xrv_weights`` (else $CXRAUG_XRV_WEIGHTS), ``services.device`` and, when set, the
+    ``services.feature_cache`` folder; storing it lets the next metric of the same evaluation reuse
+    its extractor and features.
     """
     if services.features is None:
         cache = FeatureCache(services.feature_cache) if services.feature_cache is not None else None
         services.features = FeatureService(
-            weights=services.inception_weights, device=services.device, cache=cache
+            weights=services.inception_weights,
+            xrv_weights=services.xrv_weights,
+            device=services.device,
+            cache=cache,
         )
     return services.features

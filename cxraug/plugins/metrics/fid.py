@@ -3,6 +3,9 @@ Equilibrium", NeurIPS 2017 (arXiv:1706.08500), computed the clean-fid way (Parma
 
 Inception features come from the core's cached ``features`` service; values are ``fid`` over all
 images and ``fid/LABEL`` per label when both sides are labelled.
+
+With the option ``features=xrv`` (``--features xrv``) the features are TorchXRayVision's chest X-ray
+DenseNet-121 instead of Inception's.
 """
 
 from __future__ import annotations
@@ -13,10 +16,10 @@ from pydantic import Field
 
 from cxraug import hookimpl
 from cxraug.interfaces import Metric, MetricInputs, MetricResult
-from cxraug.metrics.features import FeatureOptions, features_service
+from cxraug.metrics.features import DistanceOptions, features_of, features_service
 
 
-class FIDOptions(FeatureOptions):
+class FIDOptions(DistanceOptions):
     """Options of the ``fid`` metric."""
 
     method: Literal["eigh", "sqrtm"] = Field(
@@ -40,8 +43,12 @@ class FID(Metric[FIDOptions]):
         o = self.options
         assert inputs.real is not None and inputs.generated is not None
         features = features_service(inputs.services)
-        real = features(inputs.real, "real", mode=o.mode, batch_size=o.batch_size)
-        gen = features(inputs.generated, "generated", mode=o.mode, batch_size=o.batch_size)
+        real = features_of(
+            features, inputs.real, "real", mode=o.mode, batch_size=o.batch_size, features=o.features
+        )
+        gen = features_of(
+            features, inputs.generated, "generated", mode=o.mode, batch_size=o.batch_size, features=o.features
+        )
         values = {"fid": fid(real, gen, o.method)}
         rows = [{"label": "(all)", "n_real": len(real), "n_generated": len(gen), "fid": values["fid"]}]
         for label, r, g in label_subsets(inputs.real_labels, inputs.generated_labels, inputs.labels):

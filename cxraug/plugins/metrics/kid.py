@@ -3,6 +3,9 @@
 The unbiased MMD^2 with the cubic polynomial kernel on Inception features, averaged over random
 subsets as in clean-fid's ``kernel_distance``; values ``kid``, ``kid_std`` and per label
 ``kid/LABEL``, ``kid_std/LABEL``.
+
+With the option ``features=xrv`` (``--features xrv``) the features are TorchXRayVision's chest X-ray
+DenseNet-121 instead of Inception's.
 """
 
 from __future__ import annotations
@@ -13,10 +16,10 @@ from pydantic import Field
 
 from cxraug import hookimpl
 from cxraug.interfaces import Metric, MetricInputs, MetricResult
-from cxraug.metrics.features import FeatureOptions, features_service
+from cxraug.metrics.features import DistanceOptions, features_of, features_service
 
 
-class KIDOptions(FeatureOptions):
+class KIDOptions(DistanceOptions):
     """Options of the ``kid`` metric."""
 
     num_subsets: int = Field(100, ge=1, le=100_000, description="Random subsets averaged over.")
@@ -38,8 +41,12 @@ class KID(Metric[KIDOptions]):
         o = self.options
         assert inputs.real is not None and inputs.generated is not None
         features = features_service(inputs.services)
-        real = features(inputs.real, "real", mode=o.mode, batch_size=o.batch_size)
-        gen = features(inputs.generated, "generated", mode=o.mode, batch_size=o.batch_size)
+        real = features_of(
+            features, inputs.real, "real", mode=o.mode, batch_size=o.batch_size, features=o.features
+        )
+        gen = features_of(
+            features, inputs.generated, "generated", mode=o.mode, batch_size=o.batch_size, features=o.features
+        )
         args = (o.num_subsets, o.max_subset_size, o.seed)
         mean, std = kid(real, gen, *args)
         values = {"kid": mean, "kid_std": std}

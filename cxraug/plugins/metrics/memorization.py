@@ -1,8 +1,9 @@
 """Memorisation check: do generated images look copied from the training images?
 
-Each generated image's distance to its nearest training image (in Inception feature space or in
-pixel space) is compared with how close real images come to the training set: held-out real images
-(the evaluated real split) to training images, or each training image to its nearest other one. The
+Each generated image's distance to its nearest training image (in Inception or TorchXRayVision
+feature space, or in pixel space) is compared with how close real images come to the training set:
+held-out real images (the evaluated real split) to training images, or each training image to its
+nearest other one. The
 share of generated images closer than the chosen percentile of those real distances "look copied"
 (cf. the nearest-neighbour analyses of Webster et al., "Detecting Overfitting of Deep Generative
 Networks via Latent Recovery", CVPR 2019, and Carlini et al., "Extracting Training Data from Diffusion
@@ -17,7 +18,7 @@ from pydantic import Field
 
 from cxraug import hookimpl
 from cxraug.interfaces import Metric, MetricInputs, MetricResult
-from cxraug.metrics.features import FeatureOptions, features_service
+from cxraug.metrics.features import FeatureOptions, features_of, features_service
 
 PAIRS_FILE = "memorization_pairs.png"
 
@@ -25,8 +26,10 @@ PAIRS_FILE = "memorization_pairs.png"
 class MemorizationOptions(FeatureOptions):
     """Options of the ``memorization`` metric."""
 
-    space: Literal["inception", "pixel"] = Field(
-        "inception", description="Compare Inception features or (downsampled) pixels."
+    space: Literal["inception", "xrv", "pixel"] = Field(
+        "inception",
+        description="Compare Inception features, TorchXRayVision DenseNet features (xrv) or "
+        "(downsampled) pixels.",
     )
     pixel_size: int = Field(
         64, ge=4, le=1024, description="Side images are box-downsampled to in pixel space."
@@ -77,10 +80,11 @@ class Memorization(Metric[MemorizationOptions]):
             ref = pixel_features(holdout, o.pixel_size) if holdout is not None else None
         else:
             features = features_service(inputs.services)
-            gen = features(inputs.generated, "generated", mode=o.mode, batch_size=o.batch_size)
-            train = features(inputs.train, "train", mode=o.mode, batch_size=o.batch_size)
+            mode, bs, net = o.mode, o.batch_size, o.space
+            gen = features_of(features, inputs.generated, "generated", mode=mode, batch_size=bs, features=net)
+            train = features_of(features, inputs.train, "train", mode=mode, batch_size=bs, features=net)
             ref = (
-                features(holdout, "real", mode=o.mode, batch_size=o.batch_size)
+                features_of(features, holdout, "real", mode=mode, batch_size=bs, features=net)
                 if holdout is not None
                 else None
             )

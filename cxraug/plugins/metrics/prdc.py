@@ -4,6 +4,9 @@
 Precision and density measure fidelity, recall and coverage diversity, from k-nearest-neighbour balls
 around Inception features; values ``precision``, ``recall``, ``density``, ``coverage`` and the same per
 label as ``precision/LABEL`` etc. when both sides have more than k images of it.
+
+With the option ``features=xrv`` (``--features xrv``) the features are TorchXRayVision's chest X-ray
+DenseNet-121 instead of Inception's.
 """
 
 from __future__ import annotations
@@ -14,10 +17,10 @@ from pydantic import Field
 
 from cxraug import hookimpl
 from cxraug.interfaces import Metric, MetricInputs, MetricResult
-from cxraug.metrics.features import FeatureOptions, features_service
+from cxraug.metrics.features import DistanceOptions, features_of, features_service
 
 
-class PRDCOptions(FeatureOptions):
+class PRDCOptions(DistanceOptions):
     """Options of the ``prdc`` metric."""
 
     k: int = Field(5, ge=1, le=1000, description="Neighbour whose distance sets each ball's radius.")
@@ -39,8 +42,12 @@ class PRDC(Metric[PRDCOptions]):
         o = self.options
         assert inputs.real is not None and inputs.generated is not None
         features = features_service(inputs.services)
-        real = features(inputs.real, "real", mode=o.mode, batch_size=o.batch_size)
-        gen = features(inputs.generated, "generated", mode=o.mode, batch_size=o.batch_size)
+        real = features_of(
+            features, inputs.real, "real", mode=o.mode, batch_size=o.batch_size, features=o.features
+        )
+        gen = features_of(
+            features, inputs.generated, "generated", mode=o.mode, batch_size=o.batch_size, features=o.features
+        )
         values = prdc(real, gen, k=o.k)
         rows = [{"label": "(all)", "n_real": len(real), "n_generated": len(gen), **values}]
         for label, r, g in label_subsets(inputs.real_labels, inputs.generated_labels, inputs.labels):
