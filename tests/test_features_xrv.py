@@ -181,6 +181,45 @@ def test_offline_without_weights_says_where_to_get_them(
     assert "\n" not in message
 
 
+def test_the_download_is_read_through_the_restricted_reader(
+    weights: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Online, torchxrayvision's own download fetches the published file into its cache; cxraug then
+    reads it like a local file, so a tampered download cannot run code either."""
+    cache = tmp_path / "xrv-cache"
+    monkeypatch.setattr(xrv.utils, "get_cache_dir", lambda: str(cache))
+    monkeypatch.delenv("CXRAUG_OFFLINE")
+    asked: list[str] = []
+
+    def served(url: str, filename: str) -> None:
+        asked.append(url)
+        Path(filename).write_bytes(weights["model"].read_bytes())
+
+    monkeypatch.setattr(xrv.utils, "download", served)
+    ext = F.xrv_extractor(None)
+    assert asked == [F.XRV_URL] and (cache / Path(F.XRV_URL).name).is_file()
+    local = F.xrv_extractor(weights["model"])
+    assert ext.identity == local.identity  # same file, same sha256: same cache entries
+    F.xrv_extractor(None)
+    assert asked == [F.XRV_URL]  # the cached copy is used, not fetched again
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):  # type: ignore[no-untyped-def]
+            return (os.system, (f"touch {marker}",))
+
+    (cache / Path(F.XRV_URL).name).unlink()
+
+    def tampered(url: str, filename: str) -> None:
+        torch.save({"features.conv0.weight": Payload()}, filename)
+
+    monkeypatch.setattr(xrv.utils, "download", tampered)
+    with pytest.raises(CxrError, match="delete it to download it again"):
+        F.xrv_extractor(None)
+    assert not marker.exists()
+
+
 def test_missing_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "torchxrayvision", None)  # import now raises ImportError
     with pytest.raises(CxrError, match=r'pip install "cxraug\[xrv\]"'):

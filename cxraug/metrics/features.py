@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib
-import io
 import json
 import logging
 import os
@@ -506,9 +505,10 @@ def resolve_xrv_weights(weights: Path | str | None) -> Path | None:
 
 def xrv_extractor(weights: Path | str | None = None, device: str | torch.device = "cpu") -> XrvExtractor:
     """TorchXRayVision's DenseNet-121 from a local file if given (``weights`` or $CXRAUG_XRV_WEIGHTS),
-    else the standard way: ``xrv.models.DenseNet(weights="densenet121-res224-all")``, which downloads
-    the file into torchxrayvision's cache (~/.torchxrayvision/models_data) once. Offline without a
-    copy that raises CxrError naming the URL and --xrv-weights."""
+    else the file ``xrv.models.DenseNet(weights="densenet121-res224-all")`` uses, fetched once into
+    torchxrayvision's cache (~/.torchxrayvision/models_data) by its own ``utils.download``. Either way
+    the file is read by ``load_xrv_weights`` (no unrestricted unpickling). Offline without a copy
+    that raises CxrError naming the URL and --xrv-weights."""
     xrv = import_xrv()
     path = resolve_xrv_weights(weights)
     if path is not None:
@@ -516,23 +516,23 @@ def xrv_extractor(weights: Path | str | None = None, device: str | torch.device 
         load_xrv_weights(model, path)
         return XrvExtractor(model, f"sha256={file_sha256(path)}", device)
     cached = check_xrv_download()
-    # torchxrayvision prints its download messages; they go to the log, stdout stays clean
-    buf = io.StringIO()
+    if not cached.is_file():
+        # torchxrayvision's own download (the URL its DenseNet(weights=...) fetches, into its cache);
+        # the file is then read like a local one, through the restricted reader, never unpickled as is.
+        log.info("downloading %s to %s", XRV_URL, cached)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            xrv.utils.download(XRV_URL, str(cached))
+        except OSError as exc:  # requests' errors and URLError are OSErrors
+            raise _xrv_download_error(exc, cached) from exc
+    model = xrv.models.DenseNet(weights=None)
     try:
-        with contextlib.redirect_stdout(buf):
-            model = xrv.models.DenseNet(weights=XRV_WEIGHTS_NAME)
-    except OSError as exc:  # requests' errors and URLError are OSErrors
-        raise _xrv_download_error(exc, cached) from exc
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        load_xrv_weights(model, cached)
+    except CxrError as exc:
         raise CxrError(
-            f"{cached}: not a readable TorchXRayVision weights file ({type(exc).__name__}); delete it "
-            f"(it is downloaded again from {XRV_URL}) or pass --xrv-weights FILE"
+            f"{exc} (it came from {XRV_URL}; delete it to download it again, or pass --xrv-weights FILE)"
         ) from exc
-    finally:
-        if buf.getvalue().strip():
-            log.info("torchxrayvision: %s", " ".join(buf.getvalue().split()))
-    local = Path(model.weights_filename_local)
-    return XrvExtractor(model, f"sha256={file_sha256(local)}", device)
+    return XrvExtractor(model, f"sha256={file_sha256(cached)}", device)
 
 
 def check_xrv_download() -> Path:
