@@ -252,3 +252,33 @@ def test_experiment_passes_its_loggers_to_every_run(cxraug_cli, cxraug_workspace
         "arms": {"base": {"auc_macro": {"mean": 0.75, "ci_low": 0.5}, "seeds": 2, "accuracy": {"mean": 0.5}}}
     }
     assert arm_results(results) == {"base/auc_macro": 0.75, "base/accuracy": 0.5}
+
+
+def test_experiment_logs_its_runs_and_its_results(cxraug_cli, cxraug_workspace, tiny_data) -> None:
+    out = cxraug_workspace.root / "exp"
+    args = [
+        "experiment",
+        "--quick",
+        "--data",
+        tiny_data,
+        "--arms",
+        "base",
+        "--classifier",
+        "cnn",
+        "--seeds",
+        "1",
+    ]
+    args += ["--epochs", "1", "--opt", "classifier.input_size=16", "--opt", "classifier.width=4"]
+    result = cxraug_cli(*args, "--out", str(out), "--logger", "tensorboard")
+    assert result.exit_code == 0, result.output
+    state = json.loads((out / "experiment.json").read_text())
+    (clf_run,) = (cxraug_workspace.runs_dir / "classifier").iterdir()
+    assert json.loads((clf_run / "options.json").read_text())["config"]["loggers"] == ["tensorboard"]
+    rows = _rows(clf_run)
+    assert [e.value for e in _events(clf_run).Scalars("val_loss")] == pytest.approx(
+        [r["val_loss"] for r in rows], rel=1e-6
+    )
+    study = _events(out)
+    (point,) = study.Scalars("base/auc_macro")
+    assert point.value == pytest.approx(state["results"]["arms"]["base"]["auc_macro"]["mean"], rel=1e-6)
+    assert "| config.arms | base |" in _options_text(study)
