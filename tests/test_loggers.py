@@ -226,6 +226,7 @@ def test_plugins_list_and_show_loggers(cxraug_cli) -> None:
     assert {"tensorboard", "mlflow"} <= set(rows) and rows["mlflow"]["status"] == "ok"
     show = cxraug_cli("plugins", "show", "logger", "mlflow")
     assert show.exit_code == 0 and "tracking_uri" in show.output and "[logger.mlflow]" in show.output
+    assert "--logger-opt mlflow.KEY=VALUE" in show.output
 
 
 def test_experiment_passes_its_loggers_to_every_run(cxraug_cli, cxraug_workspace, tiny_data) -> None:
