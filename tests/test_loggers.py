@@ -283,3 +283,55 @@ def test_experiment_logs_its_runs_and_its_results(cxraug_cli, cxraug_workspace, 
     (point,) = study.Scalars("base/auc_macro")
     assert point.value == pytest.approx(state["results"]["arms"]["base"]["auc_macro"]["mean"], rel=1e-6)
     assert "| config.arms | base |" in _options_text(study)
+
+
+def test_metric_rows_reach_the_loggers_and_a_failing_logger_is_dropped(tmp_path, caplog) -> None:
+    from cxraug.errors import TrainingInterruptedError
+    from cxraug.interfaces import Logger
+    from cxraug.registry import Registry
+    from cxraug.training.metriclog import MetricLog
+    from cxraug.training.trackers import TrackerPlan
+
+    seen: dict[str, list] = {"recorder": [], "broken": []}
+
+    class Recorder(Logger):
+        name = "recorder"
+
+        def start(self, run):
+            seen[self.name].append(("start", run.name, run.resume_step))
+
+        def log_params(self, params):
+            seen[self.name].append(("params", params))
+
+        def log_scalars(self, step, values):
+            seen[self.name].append(("scalars", step, values))
+
+        def close(self, status):
+            seen[self.name].append(("close", status))
+
+    class Broken(Recorder):
+        name = "broken"
+
+        def log_scalars(self, step, values):
+            raise RuntimeError("server went away")
+
+    registry = Registry()
+    for cls in (Recorder, Broken):
+        assert registry.add("logger", cls, package="t", version="1").status == "ok"
+    plan = TrackerPlan(registry, {"recorder": {}, "broken": {}}, {"config.arch": "x"}, "gan", tmp_path)
+    with pytest.raises(TrainingInterruptedError), plan.deferred() as trackers:
+        trackers.start(tmp_path, "run-1", 3)
+        log = MetricLog(tmp_path, trackers=trackers)
+        log.append({"step": 4, "loss": 0.5, "flag": True, "note": "text", "epoch": 2})
+        log.append({"step": 5, "loss": 0.25})
+        raise TrainingInterruptedError("Ctrl-C")
+    assert seen["recorder"] == [
+        ("start", "run-1", 3),
+        ("params", {"config.arch": "x"}),
+        ("scalars", 4, {"loss": 0.5, "epoch": 2.0}),
+        ("scalars", 5, {"loss": 0.25}),
+        ("close", "interrupted"),
+    ]
+    assert seen["broken"][-1] == ("close", "failed") and len(seen["broken"]) == 3
+    assert "logger 'broken' failed (RuntimeError: server went away)" in caplog.text
+    assert [r["step"] for r in log.rows] == [4, 5], "the run's own log is untouched"
