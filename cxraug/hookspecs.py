@@ -41,6 +41,11 @@ def register_metrics(register: Register) -> None:
     """Register Metric subclasses (numbers for ``cxraug evaluate``)."""
 
 
+@hookspec
+def register_loggers(register: Register) -> None:
+    """Register Logger subclasses (experiment trackers for ``--logger``)."""
+
+
 # ----- extending the command line -----
 
 

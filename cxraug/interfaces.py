@@ -1,4 +1,5 @@
-"""The contracts every plugin kind fulfils: dataset adapters, GANs, augmenters, classifiers, metrics.
+"""The contracts every plugin kind fulfils: dataset adapters, GANs, augmenters, classifiers, metrics,
+loggers.
 
 A plugin class sets ``name`` (lower-case, unique within its kind), a one-line ``description`` and an
 ``Options`` pydantic model (extra keys forbidden). The core builds the options from defaults, the
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from cxraug.snapshotio import ForeignSnapshot
     from cxraug.workspace import Workspace
 
-KINDS: tuple[str, ...] = ("dataset", "gan", "augmenter", "classifier", "metric")
+KINDS: tuple[str, ...] = ("dataset", "gan", "augmenter", "classifier", "metric", "logger")
 
 
 class PluginOptions(BaseModel):
@@ -463,10 +464,86 @@ class Metric(Plugin[O], ABC):
         """Compute from the inputs; missing required inputs are the core's to report, not the metric's."""
 
 
+# ------------------------------------------------------------------------------------------ loggers
+
+
+@dataclass(frozen=True)
+class LoggerRun:
+    """One stream of metric rows a logger records: a run, or one model of a per-label GAN run.
+
+    ``folder`` is the run (or model) folder: a logger keeps its files and what it needs to continue
+    there (TensorBoard events, the MLflow run id). ``resume_step`` is set when a run continues from
+    a checkpoint: rows after that step were dropped from the run's log and are logged again.
+    ``workspace`` is the workspace folder, for a store shared by its runs (None: there is none).
+    """
+
+    folder: Path
+    name: str
+    kind: str
+    workspace: Path | None = None
+    resume_step: int | None = None
+
+
+#: How a run ended, as ``Logger.close`` is told.
+LOGGER_STATUSES: tuple[str, ...] = ("finished", "failed", "interrupted")
+
+
+class Logger(Plugin[O], ABC):
+    """An experiment tracker (``--logger NAME``): receives what a run writes to its own folder.
+
+    The core calls, in the main process only: ``start`` once per stream, then ``log_params`` with
+    the run's recorded options (flattened to ``config.batch_size = 32`` style keys), then
+    ``log_scalars`` for each metric row and ``log_image`` for each sample grid, and ``close`` at
+    the end, whatever happened. A logger that raises is switched off for the rest of the run
+    (with a warning); the run itself goes on.
+    """
+
+    kind: ClassVar[str] = "logger"
+    #: Python modules the logger imports; ``check_available`` names the missing ones.
+    requires: ClassVar[tuple[str, ...]] = ()
+    #: What to run when one is missing.
+    install_hint: ClassVar[str] = ""
+
+    @classmethod
+    def check_available(cls, options: PluginOptions) -> None:
+        """Raise OptionsError, one line naming what to install, when the logger cannot work here.
+
+        Called before a run starts or resumes; the default checks that ``requires`` can be imported.
+        """
+        import importlib.util
+
+        from cxraug.errors import OptionsError
+
+        missing = [m for m in cls.requires if importlib.util.find_spec(m) is None]
+        if missing:
+            hint = f": {cls.install_hint}" if cls.install_hint else ""
+            raise OptionsError(f"--logger {cls.name} needs {', '.join(missing)}, not installed here{hint}")
+
+    @abstractmethod
+    def start(self, run: LoggerRun) -> None:
+        """Open (or, after ``run.resume_step``, continue) the record of one stream."""
+
+    @abstractmethod
+    def log_params(self, params: dict[str, str | int | float | bool]) -> None:
+        """The run's resolved options, flattened; called once after ``start`` (again on resume)."""
+
+    @abstractmethod
+    def log_scalars(self, step: int, values: dict[str, float]) -> None:
+        """One metric row: losses, ADA p, lr, validation AUC, ... at ``step``."""
+
+    def log_image(self, step: int, name: str, image: np.ndarray) -> None:
+        """An (H, W) or (H, W, 3) uint8 image (a sample grid) at ``step``; default: not recorded."""
+
+    @abstractmethod
+    def close(self, status: str) -> None:
+        """Flush and close; ``status`` is one of LOGGER_STATUSES."""
+
+
 INTERFACES: dict[str, type[Plugin]] = {
     "dataset": DatasetAdapter,
     "gan": GAN,
     "augmenter": Augmenter,
     "classifier": Classifier,
     "metric": Metric,
+    "logger": Logger,
 }

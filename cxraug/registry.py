@@ -18,6 +18,7 @@ from cxraug.interfaces import (
     Augmenter,
     Classifier,
     DatasetAdapter,
+    Logger,
     Metric,
     Plugin,
 )
@@ -173,6 +174,10 @@ class Registry:
         """The metric class registered as ``name`` (errors as ``get``)."""
         return cast("type[Metric]", self.get("metric", name))
 
+    def logger(self, name: str) -> type[Logger]:
+        """The logger class registered as ``name`` (errors as ``get``)."""
+        return cast("type[Logger]", self.get("logger", name))
+
     def demo_dataset(self) -> type[DatasetAdapter]:
         """The adapter with ``demo = True``: the built-in one when several are, else the first by name."""
         demos = [
@@ -207,6 +212,7 @@ _HOOK_OF: dict[str, str] = {
     "augmenter": "register_augmenters",
     "classifier": "register_classifiers",
     "metric": "register_metrics",
+    "logger": "register_loggers",
 }
 
 

@@ -384,6 +384,37 @@ def check_metric_plugin(cls: type[Any], inputs: Any, *, options: Any = None) -> 
     return result
 
 
+def check_logger_plugin(cls: type[Any], folder: Path, *, options: Any = None, resume: bool = True) -> Any:
+    """Contract check for a Logger: the calls the core makes, in its order, on one stream in ``folder``.
+
+    Starts a stream, logs params, two scalar rows and a sample grid, closes it; with ``resume``
+    starts it again as a run resumed at step 1 would, and logs step 2 again. Returns the last
+    instance, so a test can read back what it wrote (each logger's own reader knows its format).
+    ``folder`` is also the workspace, so a logger with a workspace-wide store keeps it there.
+    """
+    from cxraug.interfaces import LOGGER_STATUSES, Logger, LoggerRun
+
+    assert issubclass(cls, Logger), f"{cls.__name__} is not a Logger"
+    check_registration("logger", cls)
+    opts = cls.Options(**options) if isinstance(options, dict) else options or cls.Options()
+    cls.check_available(opts)
+    folder = Path(folder)
+    run_dir = folder / "runs" / "run-1"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    grid = np.arange(12 * 20, dtype=np.uint8).reshape(12, 20)
+    logger = None
+    for resume_step in (None, 1) if resume else (None,):
+        logger = cls(opts)
+        logger.start(LoggerRun(run_dir, "run-1", "gan", workspace=folder, resume_step=resume_step))
+        logger.log_params({"config.arch": "dcgan", "config.batch_size": 8, "config.per_class": True})
+        steps = (1, 2) if resume_step is None else (2,)
+        for step in steps:
+            logger.log_scalars(step, {"loss_g": 0.5 * step, "loss_d": 1.0 / step})
+        logger.log_image(2, "samples", grid)
+        logger.close(LOGGER_STATUSES[0])
+    return logger
+
+
 def make_standin_inception(path: Path, seed: int = 0) -> Path:
     """Write a tiny TorchScript stand-in for clean-fid's Inception file (same ``layers`` interface).
 

@@ -13,6 +13,7 @@ from cxraug.testing import (
     check_classifier_plugin,
     check_dataset_adapter,
     check_gan_plugin,
+    check_logger_plugin,
     check_metric_plugin,
 )
 
@@ -85,6 +86,38 @@ def test_builtin_metrics_pass_the_contract(tmp_path) -> None:
         cls = REGISTRY.metric(name)
         options = cls.Options(k=3) if name == "prdc" else None
         check_metric_plugin(cls, inputs, options=options)
+
+
+@pytest.mark.parametrize("name", ["tensorboard", "mlflow"])
+def test_builtin_loggers_pass_the_contract(name: str, tmp_path, monkeypatch) -> None:
+    pytest.importorskip(name)
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    check_logger_plugin(REGISTRY.logger(name), tmp_path)
+
+
+def test_logger_contract_catches_a_logger_that_cannot_resume(tmp_path) -> None:
+    from cxraug.interfaces import Logger
+
+    class OneShot(Logger):
+        name = "one-shot"
+
+        def start(self, run):
+            marker = run.folder / "started"
+            assert not marker.exists(), "started twice"
+            marker.touch()
+
+        def log_params(self, params):
+            pass
+
+        def log_scalars(self, step, values):
+            pass
+
+        def close(self, status):
+            pass
+
+    with pytest.raises(AssertionError, match="started twice"):
+        check_logger_plugin(OneShot, tmp_path)
+    check_logger_plugin(OneShot, tmp_path / "again", resume=False)
 
 
 def test_contract_checks_apply_the_registration_check() -> None:

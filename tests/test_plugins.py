@@ -175,6 +175,7 @@ HOOK_KINDS = [
     ("register_augmenters", "augmenter"),
     ("register_classifiers", "classifier"),
     ("register_metrics", "metric"),
+    ("register_loggers", "logger"),
 ]
 
 
@@ -195,6 +196,12 @@ def test_register_hook_reaches_the_registry(hook_name: str, kind: str) -> None:
         "augmenter": {"augment": lambda self, request: iter([])},
         "classifier": {"build": lambda self, num_classes, pretrained, weights: None},
         "metric": {"compute": lambda self, inputs: {"x": 1.0}},
+        "logger": {
+            "start": lambda self, run: None,
+            "log_params": lambda self, params: None,
+            "log_scalars": lambda self, step, values: None,
+            "close": lambda self, status: None,
+        },
     }
     made = type(
         f"My{kind.title()}",
@@ -406,7 +413,7 @@ def test_builtins_bind_their_options_model() -> None:
     from typing import get_args
 
     registry = build_registry(get_plugin_manager(load_entry_points=False))
-    for kind in ("dataset", "gan", "augmenter", "classifier", "metric"):
+    for kind in ("dataset", "gan", "augmenter", "classifier", "metric", "logger"):
         for name in registry.names(kind):
             cls = registry.get(kind, name)
             bound = [a for b in cls.__orig_bases__ for a in get_args(b)]  # type: ignore[attr-defined]

@@ -16,6 +16,8 @@ from cxraug.cli.common import (
     DataOpt,
     DeviceOpt,
     DryRunOpt,
+    LoggerOpt,
+    LoggerOptOpt,
     NprocOpt,
     OptOpt,
     ResumeOpt,
@@ -85,6 +87,8 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
         device: DeviceOpt = D["device"],
         resume: ResumeOpt = None,
         nproc: NprocOpt = D["nproc"],
+        loggers: LoggerOpt = None,
+        logger_opt: LoggerOptOpt = None,
         opt: OptOpt = None,
         config: ConfigOpt = None,
         dry_run: DryRunOpt = False,
@@ -92,7 +96,9 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
     ) -> None:
         """Train a classifier; the best epoch by validation macro ROC-AUC is saved as best.pt."""
         cfg, opts = load_config_and_opts(config, opt, ctx.registry)
-        built = command_settings(typer_ctx, ClassifierSettings, cfg, plugin_kind="classifier", opts=opts)
+        built = command_settings(
+            typer_ctx, ClassifierSettings, cfg, plugin_kind="classifier", opts=opts, logger_opts=logger_opt
+        )
         augment: dict[str, Any] = cfg.get("augmenter", {}).get(built.settings.online_augmenter, {})
         if augment and built.settings.online_augment:
             built.settings.augment_options = dict(augment)

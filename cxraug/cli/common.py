@@ -23,7 +23,7 @@ from cxraug.interfaces import KINDS
 from cxraug.options import load_config, options_table, parse_opts
 from cxraug.plugins import PluginManager, build_registry
 from cxraug.registry import Registry
-from cxraug.settings import Built, Settings, build_settings
+from cxraug.settings import Built, Settings, build_settings, split_list
 from cxraug.training.lifecycle import Job, Outcome
 from cxraug.ui import console
 from cxraug.workspace import Workspace
@@ -108,6 +108,20 @@ ConfigOpt = Annotated[
     ),
 ]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the resolved options and stop.")]
+LoggerOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--logger",
+        help="Experiment tracker (repeatable): tensorboard, mlflow, ...; see `cxraug plugins list`.",
+    ),
+]
+LoggerOptOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--logger-opt",
+        help="Logger option NAME.KEY=VALUE (repeatable), e.g. mlflow.tracking_uri=http://host:5000.",
+    ),
+]
 
 
 def workspace_from(path: Path | None) -> Workspace:
@@ -148,15 +162,24 @@ def command_settings(
     plugin_kind: str | None = None,
     opts: dict[str, Any] | None = None,
     per_plugin: tuple[str, str] | None = None,
+    logger_opts: list[str] | None = None,
 ) -> Built[S]:
     """Flags and the config's command table as validated settings; plugin options under ``options``.
 
     ``[KIND.ARCH]`` config tables and ``--opt`` give the plugin options (validated by the plugin
     once the run is resolved); ARCH is the command's argument or its config table's ``arch``.
     With ``per_plugin=(field, example)`` the command uses several plugins of the kind, and ``field``
-    gets their options by plugin name (``--opt NAME.KEY=VALUE``).
+    gets their options by plugin name (``--opt NAME.KEY=VALUE``). A model with ``logger_options``
+    gets the ``[logger.NAME]`` tables and ``--logger-opt NAME.KEY=VALUE`` there.
     """
     flags = given_flags(typer_ctx, model)
+    if "logger_options" in model.model_fields:
+        given = parse_opts(logger_opts, "--logger-opt")
+        chosen = flags.get("loggers") or config.get(model.section, {}).get("loggers") or []
+        tables = {k: v for k, v in config.get("logger", {}).items() if k in split_list(chosen)}
+        merged = per_plugin_options({"logger": tables}, "logger", given, "mlflow.tracking_uri=URI")
+        if merged:
+            flags["logger_options"] = merged
     if per_plugin is not None and plugin_kind is not None:  # several plugins, options keyed by name
         field, example = per_plugin
         flags[field] = per_plugin_options(config, plugin_kind, opts or {}, example)

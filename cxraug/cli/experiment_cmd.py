@@ -13,11 +13,14 @@ from cxraug.cli.common import (
     AppContext,
     DeviceOpt,
     DryRunOpt,
+    LoggerOpt,
+    LoggerOptOpt,
     OptOpt,
     WorkspaceOpt,
     given_flags,
     handle_errors,
     load_config_and_opts,
+    per_plugin_options,
     report,
     workspace_from,
 )
@@ -26,6 +29,7 @@ from cxraug.experiment.report import summary_table
 from cxraug.experiment.runner import ARMS, STATE, ExperimentJob, ExperimentRun, ExperimentSettings
 from cxraug.experiment.runner import reanalyse as reanalyse_study
 from cxraug.metrics.features import WEIGHTS_ENV, XRV_ENV
+from cxraug.options import parse_opts
 from cxraug.settings import build_settings
 from cxraug.training.lifecycle import execute
 from cxraug.ui import console
@@ -127,6 +131,8 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
         xrv_weights: XrvWeightsOpt = None,
         out: OutOpt = None,
         resume: ResumeOpt = False,
+        loggers: LoggerOpt = None,
+        logger_opt: LoggerOptOpt = None,
         opt: OptOpt = None,
         dry_run: DryRunOpt = False,
         workspace: WorkspaceOpt = None,
@@ -139,6 +145,10 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
             raise OptionsError(f"--opt {stray[0]}...: prefix with gan. or classifier., e.g. --opt gan.ngf=32")
         flags = given_flags(typer_ctx, ExperimentSettings)
         flags.update({f"{k}_options": v for k, v in opts.items()})
+        given = parse_opts(logger_opt, "--logger-opt")
+        logger_options = per_plugin_options({}, "logger", given, "mlflow.tracking_uri=URI")
+        if logger_options:
+            flags["logger_options"] = logger_options
         built = build_settings(ExperimentSettings, flags=flags)
         ws = workspace_from(workspace)
         if reanalyse:

@@ -16,6 +16,8 @@ from cxraug.cli.common import (
     DataOpt,
     DeviceOpt,
     DryRunOpt,
+    LoggerOpt,
+    LoggerOptOpt,
     NprocOpt,
     OptOpt,
     ResumeOpt,
@@ -101,6 +103,8 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
         transfer: TransferOpt = None,
         nproc: NprocOpt = D["nproc"],
         log_every: LogEveryOpt = D["log_every"],
+        loggers: LoggerOpt = None,
+        logger_opt: LoggerOptOpt = None,
         opt: OptOpt = None,
         config: ConfigOpt = None,
         dry_run: DryRunOpt = False,
@@ -108,7 +112,9 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
     ) -> None:
         """Train a GAN on a prepared dataset; the run folder records everything needed to resume."""
         cfg, opts = load_config_and_opts(config, opt, ctx.registry)
-        built = command_settings(typer_ctx, GanSettings, cfg, plugin_kind="gan", opts=opts)
+        built = command_settings(
+            typer_ctx, GanSettings, cfg, plugin_kind="gan", opts=opts, logger_opts=logger_opt
+        )
         job = GanJob(workspace_from(workspace), ctx.registry)
         report(job, execute(job, built, resume=resume, dry_run=dry_run, argv=sys.argv[1:]))
 

@@ -66,7 +66,8 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
                 labels = ()
             if labels:
                 console.print(f"labels: {escape(', '.join(labels))}", highlight=False)
-        table = Table(title=escape(f"options (--opt KEY=VALUE, or [{kind}.{name}] in --config)"))
+        flag = f"--logger-opt {name}.KEY=VALUE" if kind == "logger" else "--opt KEY=VALUE"
+        table = Table(title=escape(f"options ({flag}, or [{kind}.{name}] in --config)"))
         for col in ("key", "default", "description"):
             table.add_column(col, overflow="fold")
         for row in options_table(cls.Options):

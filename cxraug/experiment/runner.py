@@ -20,7 +20,7 @@ from cxraug.experiment import stats
 from cxraug.interfaces import AugmentServices, DistContext
 from cxraug.metrics.classification import evaluate_classifier, macro_auc
 from cxraug.registry import Registry
-from cxraug.settings import MAX_IMAGES, FeatureList, NameList, Settings
+from cxraug.settings import MAX_IMAGES, FeatureList, NameList
 from cxraug.training.classifier_run import ClassifierRun, ClassifierSettings
 from cxraug.training.classifier_trainer import ClassifierJob
 from cxraug.training.gan_run import MAX_SEED, GanRun, GanSettings
@@ -35,6 +35,7 @@ from cxraug.training.runs import (
     now_iso,
     write_json_atomic,
 )
+from cxraug.training.trackers import TrackedSettings
 from cxraug.ui import console
 from cxraug.workspace import Workspace
 
@@ -64,11 +65,13 @@ FULL: dict[str, Any] = {
 }
 
 
-class ExperimentSettings(Settings):
+class ExperimentSettings(TrackedSettings):
     """``cxraug experiment``: the study (recorded; a resume must ask for the same study)."""
 
     section: ClassVar[str] = "experiment"
-    resumable: ClassVar[frozenset[str]] = frozenset({"device", "inception_weights", "xrv_weights"})
+    resumable: ClassVar[frozenset[str]] = frozenset(
+        {"device", "inception_weights", "xrv_weights", "loggers", "logger_options"}
+    )
 
     data: str | None = None
     gan: str | None = None  # architecture to train, or an existing GAN run
@@ -183,6 +186,7 @@ class ExperimentJob(Job[ExperimentSettings, ExperimentRun]):
             },
             "pretrained": settings.pretrained and clf_cls.pretrained_by_default,
             "n_boot": settings.n_boot or preset["n_boot"],
+            "logger_options": self.resolve_loggers(settings),
         }
         resolved = ExperimentSettings.model_validate({**settings.model_dump(), **update})
         self._check_stages(resolved, dataset)
@@ -225,7 +229,11 @@ class ExperimentJob(Job[ExperimentSettings, ExperimentRun]):
         from cxraug.experiment.report import write_experiment_report
 
         exp = Experiment(self.ws, self.registry, run.path, settings)
-        exp.run()
+        # the study's own stream: its options, then each arm's test results; every GAN and
+        # classifier run of the study logs its own rows to the same loggers
+        with self.trackers(run, settings, dist).open(run.path, run.name) as trackers:
+            results = exp.run()
+            trackers.log_scalars(1, arm_results(results))
         write_experiment_report(exp.state, run.path)
         return {}
 
@@ -240,6 +248,8 @@ def gan_stage_settings(cfg: ExperimentSettings, source: PreparedDataset, k: int)
         seed=cfg.seed + k,
         device=cfg.device,
         options=dict(cfg.gan_options),
+        loggers=list(cfg.loggers),
+        logger_options=dict(cfg.logger_options),
     )
 
 
@@ -257,6 +267,8 @@ def classifier_stage_settings(
         device=cfg.device,
         pretrained=cfg.pretrained,
         options=dict(cfg.classifier_options),
+        loggers=list(cfg.loggers),
+        logger_options=dict(cfg.logger_options),
     )
 
 
@@ -576,6 +588,17 @@ def provenance_problem(run: GanRun, source: PreparedDataset) -> str | None:
     if overlap:
         return f"{overlap} of the images GAN run {run.path} was trained on are in the study's val/test splits"
     return None
+
+
+def arm_results(results: dict[str, Any]) -> dict[str, float]:
+    """``ARM/ENDPOINT`` -> the mean over the arm's runs (test macro AUC, per-label AUCs, accuracy)."""
+    out: dict[str, float] = {}
+    for arm, values in results.get("arms", {}).items():
+        for endpoint, value in values.items():
+            mean = value.get("mean") if isinstance(value, dict) else None
+            if isinstance(mean, (int, float)) and not isinstance(mean, bool):
+                out[f"{arm}/{endpoint}"] = float(mean)
+    return out
 
 
 def cell_tag(arm: str, g: int | None) -> str:

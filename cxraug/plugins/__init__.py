@@ -57,6 +57,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "cxraug.plugins.metrics.prdc",
     "cxraug.plugins.metrics.memorization",
     "cxraug.plugins.metrics.roc",
+    "cxraug.plugins.loggers.tensorboard",
+    "cxraug.plugins.loggers.mlflow",
 )
 
 #: Which hook fills which registry kind.
@@ -66,6 +68,7 @@ REGISTER_HOOKS: dict[str, str] = {
     "augmenter": "register_augmenters",
     "classifier": "register_classifiers",
     "metric": "register_metrics",
+    "logger": "register_loggers",
 }
 
 

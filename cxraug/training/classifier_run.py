@@ -14,17 +14,20 @@ from torch import nn
 from cxraug.errors import DataError
 from cxraug.imageio import resize
 from cxraug.registry import Registry
-from cxraug.settings import NameList, Settings
+from cxraug.settings import NameList
 from cxraug.training.checkpoint import safe_load
 from cxraug.training.gan_run import MAX_SEED
 from cxraug.training.runs import Run, RunRecord
+from cxraug.training.trackers import TrackedSettings
 
 
-class ClassifierSettings(Settings):
+class ClassifierSettings(TrackedSettings):
     """``cxraug train-classifier``: flags, the ``[train-classifier]`` table, what a run records."""
 
     section: ClassVar[str] = "train-classifier"
-    resumable: ClassVar[frozenset[str]] = frozenset({"epochs", "device", "nproc"})
+    resumable: ClassVar[frozenset[str]] = frozenset(
+        {"epochs", "device", "nproc", "loggers", "logger_options"}
+    )
     flag_names: ClassVar[dict[str, str]] = {
         "arch": "ARCH",
         "freeze_backbone": "--freeze-backbone/--fine-tune",

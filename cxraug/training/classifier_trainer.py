@@ -37,6 +37,7 @@ from cxraug.training.classifier_run import (
 from cxraug.training.lifecycle import Job
 from cxraug.training.metriclog import MetricLog
 from cxraug.training.runs import DataRef, base_record, latest_checkpoint
+from cxraug.training.trackers import TrackerPlan, Trackers
 from cxraug.ui import console, progress_bar
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,9 @@ class ClassifierTrainer:
         online: Callable[[torch.Tensor], torch.Tensor] | None = None,
         dist: DistContext | None = None,
         device: torch.device | None = None,
+        trackers: TrackerPlan | None = None,
     ) -> None:
+        self.trackers = trackers or TrackerPlan()
         self.cls, self.options, self.config, self.dataset, self.run_dir = (
             cls,
             options,
@@ -112,6 +115,11 @@ class ClassifierTrainer:
         return model.to(self.device)
 
     def train(self) -> BestEpoch:
+        """Train (or continue) the run; its --logger plugins are closed with the outcome."""
+        with self.trackers.deferred() as trackers:
+            return self._train(trackers)
+
+    def _train(self, trackers: Trackers) -> BestEpoch:
         cfg, main = self.config, self.dist.is_main
         torch.manual_seed(cfg.seed)
         model = self.build_model()
@@ -140,7 +148,9 @@ class ClassifierTrainer:
         weight = class_weight_tensor(self.train_y, len(cfg.classes), cfg.class_weights)
         loss_fn = nn.CrossEntropyLoss(weight=weight.to(self.device) if weight is not None else None)
         resumed = start_epoch if (self.run_dir / "log.jsonl").exists() else None
-        metric_log = MetricLog(self.run_dir, resume_step=resumed) if main else None
+        if main:
+            trackers.start(self.run_dir, self.run_dir.name, resumed)
+        metric_log = MetricLog(self.run_dir, resume_step=resumed, trackers=trackers) if main else None
         world, rank = self.dist.world_size, self.dist.rank
         batch = max(world, cfg.batch_size - cfg.batch_size % world)
         per_rank = batch // world
@@ -329,6 +339,7 @@ class ClassifierJob(Job[ClassifierSettings, ClassifierRun]):
             "classes": classes,
             "pretrained": pretrained,
             "options": options.model_dump(mode="json"),
+            "logger_options": self.resolve_loggers(settings),
         }
         return ClassifierSettings.model_validate({**settings.model_dump(), **update})
 
@@ -383,6 +394,7 @@ class ClassifierJob(Job[ClassifierSettings, ClassifierRun]):
             online=self._online(settings),
             dist=dist,
             device=device,
+            trackers=self.trackers(run, settings, dist),
         )
         return {"best": trainer.train()}
 

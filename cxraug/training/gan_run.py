@@ -11,9 +11,10 @@ from pydantic import Field, field_validator, model_validator
 
 from cxraug.errors import DataError
 from cxraug.registry import Registry
-from cxraug.settings import NameList, Settings
+from cxraug.settings import NameList
 from cxraug.training.generate import LoadedGenerator, generators_from
 from cxraug.training.runs import Run, RunRecord, latest_checkpoint
+from cxraug.training.trackers import TrackedSettings
 
 #: Largest seed accepted: seeds are mixed into torch and numpy generators with other numbers.
 MAX_SEED = 2**32 - 1
@@ -44,11 +45,13 @@ def parse_snapshot_every(text: str) -> tuple[float, str | None]:
     return value, found
 
 
-class GanSettings(Settings):
+class GanSettings(TrackedSettings):
     """``cxraug train-gan``: flags, the ``[train-gan]`` config table, and what a run records."""
 
     section: ClassVar[str] = "train-gan"
-    resumable: ClassVar[frozenset[str]] = frozenset({"epochs", "kimg", "device", "nproc"})
+    resumable: ClassVar[frozenset[str]] = frozenset(
+        {"epochs", "kimg", "device", "nproc", "loggers", "logger_options"}
+    )
     flag_names: ClassVar[dict[str, str]] = {"arch": "ARCH", "per_class": "--per-class/--pooled"}
 
     arch: str | None = None

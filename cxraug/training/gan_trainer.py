@@ -34,6 +34,7 @@ from cxraug.training.gan_run import GanRecord, GanRun, GanSettings, parse_snapsh
 from cxraug.training.lifecycle import Job
 from cxraug.training.metriclog import MetricLog
 from cxraug.training.runs import DataRef, base_record, latest_checkpoint, write_json_atomic
+from cxraug.training.trackers import TrackerPlan, Trackers
 from cxraug.ui import console, progress_bar
 
 log = logging.getLogger(__name__)
@@ -119,8 +120,12 @@ class GANTrainer:
         *,
         dist: DistContext | None = None,
         device: torch.device | None = None,
+        trackers: TrackerPlan | None = None,
     ) -> None:
         self.cls, self.options, self.config = cls, options, config
+        self.trackers = trackers or TrackerPlan()
+        #: The --logger plugins of the unit being trained (started once its resume step is known).
+        self._live = Trackers()
         self.dataset, self.run_dir = dataset, run_dir
         self.dist = dist or DistContext()
         self.device = device or torch.device("cpu")
@@ -157,7 +162,8 @@ class GANTrainer:
     def train(self) -> list[dict[str, Any]]:
         summaries = []
         for k, unit in enumerate(self.units):
-            summaries.append(self._train_unit(unit, k))
+            with self.trackers.deferred() as self._live:
+                summaries.append(self._train_unit(unit, k))
         return summaries
 
     def _budget(self, n: int) -> tuple[int, int, int]:
@@ -221,7 +227,10 @@ class GANTrainer:
             steps_per_epoch,
         )
         resumed = start if (unit.folder / "log.jsonl").exists() else None
-        metric_log = MetricLog(unit.folder, resume_step=resumed) if main else None
+        if main:
+            stream = self.run_dir.name if unit.name == "all" else f"{self.run_dir.name}/{unit.name}"
+            self._live.start(unit.folder, stream, resumed)
+        metric_log = MetricLog(unit.folder, resume_step=resumed, trackers=self._live) if main else None
         fixed_z, fixed_labels = self._fixed_latents(gan, unit)
         if start >= total:
             if main:
@@ -331,7 +340,9 @@ class GANTrainer:
         samples.mkdir(exist_ok=True)
         with torch.random.fork_rng(devices=[]):
             images = gan.generate(z.to(self.device), labels.to(self.device))
-        plots.grid(plots.to_uint8(images), rows=len(unit.labels)).save(samples / f"step-{step:08d}.png")
+        grid = plots.grid(plots.to_uint8(images), rows=len(unit.labels))
+        grid.save(samples / f"step-{step:08d}.png")
+        self._live.log_image(step, "samples", np.asarray(grid))
 
     def _finish(
         self,
@@ -457,6 +468,7 @@ class GanJob(Job[GanSettings, GanRun]):
             "classes": dataset.select_classes(settings.classes),
             "size": settings.size or dataset.size,
             "options": options.model_dump(mode="json"),
+            "logger_options": self.resolve_loggers(settings),
         }
         if settings.epochs is None and settings.kimg is None:
             update["kimg"] = cls.default_kimg
@@ -513,7 +525,11 @@ class GanJob(Job[GanSettings, GanRun]):
         dataset = self.dataset(settings)
         if dist.is_main and dataset.synthetic:
             console.print("[yellow]Training on the synthetic demo dataset (phantoms, not real X-rays).[/]")
-        GANTrainer(cls, options, settings, dataset, run.path, dist=dist, device=device).train()
+        trackers = self.trackers(run, settings, dist)
+        trainer = GANTrainer(
+            cls, options, settings, dataset, run.path, dist=dist, device=device, trackers=trackers
+        )
+        trainer.train()
         return {}
 
     def describe(self, run: GanRun) -> list[str]:

@@ -29,6 +29,7 @@ from cxraug.registry import Registry
 from cxraug.settings import Built, Settings, changed_settings, describe_error
 from cxraug.training import distributed
 from cxraug.training.runs import DataRef, Run, RunRecord, RunStatus
+from cxraug.training.trackers import TrackedSettings, TrackerPlan, resolve_loggers
 from cxraug.ui import console
 from cxraug.workspace import Workspace
 
@@ -72,6 +73,22 @@ class Job(ABC, Generic[S, R]):
     @abstractmethod
     def train(self, run: R, settings: S, dist: DistContext, device: torch.device) -> dict[str, Any]:
         """Do the work; returns fields recorded when the run finishes."""
+
+    def check(self, settings: S) -> None:
+        """What must hold here before a run starts or resumes: its ``--logger`` plugins can work."""
+        if isinstance(settings, TrackedSettings) and settings.loggers:
+            resolve_loggers(self.registry, list(settings.loggers), dict(settings.logger_options))
+
+    def resolve_loggers(self, settings: TrackedSettings) -> dict[str, dict[str, Any]]:
+        """The chosen loggers' options, validated, with their defaults (recorded with the run)."""
+        return resolve_loggers(self.registry, list(settings.loggers), dict(settings.logger_options))
+
+    def trackers(self, run: R, settings: S, dist: DistContext) -> TrackerPlan:
+        """The loggers a run's rows go to (none in processes other than the main one)."""
+        if not (dist.is_main and isinstance(settings, TrackedSettings) and settings.loggers):
+            return TrackerPlan()
+        record = run.record.model_dump(mode="json")
+        return TrackerPlan.for_run(self.registry, settings, record, self.ws.root)
 
     def plan(self, settings: S, run: R | None) -> dict[str, Any]:
         """What ``--dry-run`` prints."""
@@ -132,6 +149,7 @@ def execute(
             return Outcome(run, settings, plan=plan, note="" if dry_run else note)
     else:
         settings = job.resolve(built.settings)
+    job.check(settings)
     if dry_run:
         return Outcome(run, settings, plan=job.plan(settings, run))
     nproc = int(getattr(settings, "nproc", 1))

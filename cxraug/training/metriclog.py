@@ -8,9 +8,12 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cxraug.fileio import atomic_write
+
+if TYPE_CHECKING:
+    from cxraug.training.trackers import Trackers
 
 JSONL_FILE = "log.jsonl"
 CSV_FILE = "log.csv"
@@ -45,11 +48,16 @@ def _step(row: dict[str, Any]) -> float:
 class MetricLog:
     """Appends rows to log.jsonl, never rewriting it; a resume adds a marker instead of deleting rows.
 
-    ``rows`` is the effective history (see ``effective_rows``); log.csv is derived from it.
+    ``rows`` is the effective history (see ``effective_rows``); log.csv is derived from it. Each
+    appended row also goes to ``trackers`` (the run's ``--logger`` plugins), so every command that
+    logs rows logs them there too.
     """
 
-    def __init__(self, folder: Path, resume_step: int | None = None) -> None:
+    def __init__(
+        self, folder: Path, resume_step: int | None = None, trackers: Trackers | None = None
+    ) -> None:
         self.folder = Path(folder)
+        self.trackers = trackers
         self.jsonl = self.folder / JSONL_FILE
         self.csv = self.folder / CSV_FILE
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -85,6 +93,9 @@ class MetricLog:
             raise ValueError(f"metric rows must not have an 'event' key (reserved for markers): {row!r}")
         self._write_line(row)
         self._rows.append(row)
+        if self.trackers:
+            step = row.get("step", len(self._rows))
+            self.trackers.log_scalars(int(step) if isinstance(step, (int, float)) else len(self._rows), row)
 
     def flush_csv(self) -> None:
         """Rewrite log.csv from ``rows`` (atomically; from memory, log.jsonl is not re-read)."""

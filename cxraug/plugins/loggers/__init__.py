@@ -1,0 +1,1 @@
+"""Built-in logger plugins (experiment trackers for ``--logger``)."""
