@@ -242,6 +242,16 @@ class _Entries:
             tensor = self.tensors[source] if value is None else value
             self.entries.append(Entry(f"{self.dst}.{target}", tensor, f"{self.src}.{source}", rule))
 
+    def mapping(self, key: str, shape: SnapshotShape, lr_mul: float) -> None:
+        """The mapping network's layers, ``key`` naming layer i's tensors (``{i}``, ``{p}``), with
+        the weights rescaled when the learning-rate multipliers differ (see ``_mapping_scale``)."""
+        scale, rule = _mapping_scale(shape, lr_mul)
+        for i in range(shape.mapping_layers):
+            for p in ("weight", "bias"):
+                source = key.format(i=i, i_plus_1=i + 1, p=p)
+                if source in self.tensors:
+                    self.add(f"mapping.layers.{i}.{p}", source, self.tensors[source] * scale, rule)
+
 
 def _nvlabs_g(
     t: dict[str, torch.Tensor], src: str, dst: str, shape: SnapshotShape, lr_mul: float
@@ -249,12 +259,7 @@ def _nvlabs_g(
     out = _Entries(t, src, dst)
     add = out.add
 
-    scale, rule = _mapping_scale(shape, lr_mul)
-    for i in range(shape.mapping_layers):
-        for p in ("weight", "bias"):
-            key = f"mapping.fc{i}.{p}"
-            if key in t:
-                add(f"mapping.layers.{i}.{p}", key, t[key] * scale, rule)
+    out.mapping("mapping.fc{i}.{p}", shape, lr_mul)
     add("mapping.embed.weight", "mapping.embed.weight")
     add("mapping.embed.bias", "mapping.embed.bias")
     add("mapping.w_avg", "mapping.w_avg")
@@ -307,12 +312,7 @@ def _rosinality_g(
     out = _Entries(t, src, dst)
     add = out.add
 
-    scale, rule = _mapping_scale(shape, lr_mul)
-    for i in range(shape.mapping_layers):
-        for p in ("weight", "bias"):
-            key = f"style.{i + 1}.{p}"
-            if key in t:
-                add(f"mapping.layers.{i}.{p}", key, t[key] * scale, rule)
+    out.mapping("style.{i_plus_1}.{p}", shape, lr_mul)
     latent_avg = extra.get("latent_avg")
     if dst == "G_ema" and isinstance(latent_avg, torch.Tensor):
         out.entries.append(Entry(f"{dst}.mapping.w_avg", latent_avg.reshape(-1), "latent_avg"))
