@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import sys
 from pathlib import Path
@@ -272,3 +273,17 @@ def test_onnx_without_the_extra_says_what_to_install(trained, tmp_path, monkeypa
     result = cli("export", dcgan, "--format", "onnx", "--out", str(tmp_path / "x"))
     assert result.exit_code == 2 and 'pip install "cxraug[export]"' in result.output, result.output
     assert not (tmp_path / "x").exists(), "nothing is written when the export cannot run"
+
+
+def test_exporter_info_logging_stays_off_the_terminal(caplog):
+    """onnxscript's optimizer logs dozens of INFO lines per export; the CLI logs INFO to the terminal."""
+    from cxraug.evaluation.export import _quiet
+
+    with caplog.at_level(logging.INFO):
+        with _quiet():
+            logging.getLogger("onnxscript.optimizer._constant_folding").info("Skipping constant folding")
+            logging.getLogger("onnx_ir.passes.common").info("Removed 67 unused nodes")
+            logging.getLogger("onnxscript").warning("a real problem")
+        logging.getLogger("onnxscript").info("after")
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == ["a real problem", "after"]

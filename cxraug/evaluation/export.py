@@ -146,10 +146,22 @@ def _need_export_extra() -> None:
 
 @contextlib.contextmanager
 def _quiet() -> Any:
-    """The exporters' progress lines and tracer warnings about shape checks are not for users."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        yield
+    """The exporters' progress lines and tracer warnings about shape checks are not for users
+    (onnxscript's optimizer and onnx_ir log dozens of INFO lines per export through logging)."""
+    loggers = [logging.getLogger(name) for name in _EXPORTER_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    try:
+        for logger in loggers:
+            logger.setLevel(logging.WARNING)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+_EXPORTER_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx", "torch.export")
 
 
 def _onnx_program(gan: GAN[Any], batch: int | None) -> Any:
