@@ -287,3 +287,26 @@ def test_exporter_info_logging_stays_off_the_terminal(caplog):
         logging.getLogger("onnxscript").info("after")
     messages = [r.getMessage() for r in caplog.records]
     assert messages == ["a real problem", "after"]
+
+
+def test_a_crafted_generator_header_is_a_one_line_error(tmp_path):
+    """A header that claims the cxraug format but whose options are not a JSON object."""
+    from safetensors.torch import save_file
+
+    from cxraug.errors import DataError
+    from cxraug.training.generator_file import FORMAT_VERSION, load_generator_file
+
+    spec = json.dumps({"image_size": 16, "labels": ["covid"], "channels": 1})
+    registry = build_registry(get_plugin_manager())
+    for options in ("[1, 2]", '"nz=16"', "null"):
+        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "arch": "dcgan", "network": "G"}
+        path = tmp_path / "crafted.safetensors"
+        save_file({"w": torch.zeros(2)}, str(path), metadata={**meta, "options": options, "spec": spec})
+        with pytest.raises(DataError, match="header options/spec unreadable"):
+            load_generator_file(path, registry, torch.device("cpu"))
+    # weights of another shape: the error says which tensor, not only the network's name
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "arch": "dcgan", "network": "G"}
+    options = json.dumps({"nz": 16, "ngf": 8})
+    save_file({"w": torch.zeros(2)}, str(path), metadata={**meta, "options": options, "spec": spec})
+    with pytest.raises(DataError, match="weights do not match .*(Missing|Unexpected) key"):
+        load_generator_file(path, registry, torch.device("cpu"))
