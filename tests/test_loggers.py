@@ -189,7 +189,7 @@ def test_logger_errors_are_one_line_before_anything_runs(
         (["--logger", "tensorbord"], "unknown logger 'tensorbord'. Did you mean 'tensorboard'?"),
         (["--logger", "mlflow", "--logger-opt", "mlflow.uri=x"], "invalid options for logger mlflow"),
         (["--logger-opt", "mlflow.experiment=x"], "logger 'mlflow' is not chosen"),
-        (["--logger", "mlflow", "--logger-opt", "experiment=x"], "prefix logger options"),
+        (["--logger", "mlflow", "--logger-opt", "experiment=x"], "--logger-opt experiment=...: prefix"),
     ]
     for extra, message in cases:
         result = cxraug_cli(*base, *extra)
