@@ -168,6 +168,41 @@ def test_model_card_reports_fid_and_kid_of_the_run(trained, tmp_path):
         shutil.rmtree(report)
 
 
+def test_model_card_reports_distances_on_xrv_features(trained, tmp_path):
+    """`evaluate --features xrv` stores fid@xrv / kid@xrv; the card names them with their network."""
+    cli, sg2, _ = trained
+    report = cli.root / "reports" / "eval-xrv"
+    report.mkdir(parents=True)
+    (report / "options.json").write_text(
+        json.dumps({"kind": "evaluation", "started": "2026-01-01T00:00:00+00:00", "status": "finished"})
+    )
+    doc = {
+        "created": "2026-01-02T00:00:00+00:00",
+        "sources": {
+            "dataset": "tiny",
+            "gan_run": str(cli.root / "runs" / "gan" / sg2),
+            "real_split": "train",
+        },
+        "options": {"fid@xrv": {"mode": "clean", "features": "xrv"}, "kid@xrv": {"features": "xrv"}},
+        "request": {"n": 64},
+        "values": {"fid@xrv": {"fid": 45.6}, "kid@xrv": {"kid": 0.5}},
+    }
+    (report / "metrics.json").write_text(json.dumps(doc))
+    try:
+        out = tmp_path / "card"
+        assert cli("export", sg2, "--out", str(out)).exit_code == 0
+        card = (out / "MODEL_CARD.md").read_text(encoding="utf-8")
+        assert "FID/KID: not computed" not in card
+        assert "- FID: not computed" in card  # no Inception values in that report
+        assert (
+            "- FID@XRV: fid = 45.6 (features: xrv" in card and "- KID@XRV: kid = 0.5 (features: xrv" in card
+        )
+        facts = json.loads((out / "model_card.json").read_text())
+        assert facts["evaluation"]["fid@xrv"]["values"] == {"fid": 45.6}
+    finally:
+        shutil.rmtree(report)
+
+
 def test_onnx_matches_pytorch(trained, tmp_path):
     pytest.importorskip("onnxscript")
     ort = pytest.importorskip("onnxruntime")
