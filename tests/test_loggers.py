@@ -335,3 +335,21 @@ def test_metric_rows_reach_the_loggers_and_a_failing_logger_is_dropped(tmp_path,
     assert seen["broken"][-1] == ("close", "failed") and len(seen["broken"]) == 3
     assert "logger 'broken' failed (RuntimeError: server went away)" in caplog.text
     assert [r["step"] for r in log.rows] == [4, 5], "the run's own log is untouched"
+
+
+def test_mlflow_store_creation_prints_nothing(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """MLflow logs "Creating initial MLflow database tables..." through its own stderr handler."""
+    pytest.importorskip("mlflow")
+    pytest.importorskip("sqlalchemy")
+    from cxraug.interfaces import LoggerRun
+    from cxraug.plugins.loggers.mlflow import MLflowLogger, MLflowOptions
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    logger = MLflowLogger(MLflowOptions())
+    logger.start(LoggerRun(folder=folder, name="run", kind="classifier", workspace=tmp_path))
+    logger.log_scalars(1, {"train_loss": 0.5})
+    logger.close("finished")
+    captured = capfd.readouterr()
+    assert "database tables" not in captured.err + captured.out
+    assert (tmp_path / "mlruns" / "mlflow.db").is_file() and (folder / "mlflow.json").is_file()
