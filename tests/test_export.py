@@ -345,3 +345,20 @@ def test_a_crafted_generator_header_is_a_one_line_error(tmp_path):
     save_file({"w": torch.zeros(2)}, str(path), metadata={**meta, "options": options, "spec": spec})
     with pytest.raises(DataError, match="weights do not match .*(Missing|Unexpected) key"):
         load_generator_file(path, registry, torch.device("cpu"))
+
+
+def test_generate_checkpoint_names_the_other_export_formats(tmp_path, recwarn):
+    """ONNX / TorchScript exports given to generate --checkpoint: what they are, what it reads."""
+    from cxraug.errors import DataError
+    from cxraug.training.generate import load_generator
+
+    registry = build_registry(get_plugin_manager())
+    scripted = tmp_path / "generator.torchscript.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(scripted))
+    onnx_file = tmp_path / "generator.onnx"
+    onnx_file.write_bytes(b"\x08\x07\x12\x07pytorch")  # a protobuf start, as torch.onnx writes
+    for path, what in ((scripted, "a TorchScript export"), (onnx_file, "an ONNX export")):
+        with pytest.raises(DataError) as info:
+            load_generator(path, registry, torch.device("cpu"))
+        assert what in str(info.value) and "safetensors export" in str(info.value)
+    assert not [w for w in recwarn if "TorchScript" in str(w.message)]
