@@ -159,6 +159,12 @@ def test_classifier_run_logs_and_a_resume_continues_the_same_records(
     # params are immutable in MLflow: the longer budget of the resume is a tag
     assert mlrun.data.params["config.epochs"] == "1" and mlrun.data.tags["resumed.config.epochs"] == "3"
     assert mlrun.data.params["config.arch"] == "cnn"
+    # --logger on resume chooses anew: mlflow's recorded options do not count as a stray --logger-opt
+    result = cxraug_cli("train-classifier", "--resume", str(run), "--epochs", "4", "--logger", "tensorboard")
+    assert result.exit_code == 0, result.output
+    config = json.loads((run / "options.json").read_text())["config"]
+    assert config["loggers"] == ["tensorboard"] and list(config["logger_options"]) == ["tensorboard"]
+    assert [e.step for e in _events(run).Scalars("train_loss")] == [1, 2, 3, 4]
 
 
 def test_a_resume_after_a_kill_replaces_the_steps_it_goes_back_over(
