@@ -177,7 +177,10 @@ def _np_reconstruct(cls: Any, shape: Any, dtype: Any) -> Any:
 
     if cls is not np.ndarray:
         raise _Refused("numpy.core.multiarray._reconstruct (not of numpy.ndarray)")
-    return np.ndarray.__new__(np.ndarray, shape, dtype)
+    # numpy pickles an array as an empty one (shape (0,)) whose __setstate__ then brings the real
+    # shape and bytes (numpy/_core/src/multiarray/methods.c array_reduce), so the shape given here is
+    # ignored: a crafted file cannot make it allocate terabytes before the data is checked
+    return np.ndarray.__new__(np.ndarray, (0,), dtype)
 
 
 def _np_scalar(dtype: Any, data: Any = None) -> Any:
@@ -295,6 +298,8 @@ def _read_nvlabs(path: Path) -> ForeignSnapshot:
         IndexError,
         KeyError,
         RuntimeError,
+        OverflowError,
+        MemoryError,
     ) as exc:
         raise DataError(
             f"snapshot {path}: corrupt or truncated network pickle ({type(exc).__name__}: "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import sys
 from pathlib import Path
@@ -167,6 +168,41 @@ def test_model_card_reports_fid_and_kid_of_the_run(trained, tmp_path):
         shutil.rmtree(report)
 
 
+def test_model_card_reports_distances_on_xrv_features(trained, tmp_path):
+    """`evaluate --features xrv` stores fid@xrv / kid@xrv; the card names them with their network."""
+    cli, sg2, _ = trained
+    report = cli.root / "reports" / "eval-xrv"
+    report.mkdir(parents=True)
+    (report / "options.json").write_text(
+        json.dumps({"kind": "evaluation", "started": "2026-01-01T00:00:00+00:00", "status": "finished"})
+    )
+    doc = {
+        "created": "2026-01-02T00:00:00+00:00",
+        "sources": {
+            "dataset": "tiny",
+            "gan_run": str(cli.root / "runs" / "gan" / sg2),
+            "real_split": "train",
+        },
+        "options": {"fid@xrv": {"mode": "clean", "features": "xrv"}, "kid@xrv": {"features": "xrv"}},
+        "request": {"n": 64},
+        "values": {"fid@xrv": {"fid": 45.6}, "kid@xrv": {"kid": 0.5}},
+    }
+    (report / "metrics.json").write_text(json.dumps(doc))
+    try:
+        out = tmp_path / "card"
+        assert cli("export", sg2, "--out", str(out)).exit_code == 0
+        card = (out / "MODEL_CARD.md").read_text(encoding="utf-8")
+        assert "FID/KID: not computed" not in card
+        assert "- FID: not computed" in card  # no Inception values in that report
+        assert (
+            "- FID@XRV: fid = 45.6 (features: xrv" in card and "- KID@XRV: kid = 0.5 (features: xrv" in card
+        )
+        facts = json.loads((out / "model_card.json").read_text())
+        assert facts["evaluation"]["fid@xrv"]["values"] == {"fid": 45.6}
+    finally:
+        shutil.rmtree(report)
+
+
 def test_onnx_matches_pytorch(trained, tmp_path):
     pytest.importorskip("onnxscript")
     ort = pytest.importorskip("onnxruntime")
@@ -272,3 +308,57 @@ def test_onnx_without_the_extra_says_what_to_install(trained, tmp_path, monkeypa
     result = cli("export", dcgan, "--format", "onnx", "--out", str(tmp_path / "x"))
     assert result.exit_code == 2 and 'pip install "cxraug[export]"' in result.output, result.output
     assert not (tmp_path / "x").exists(), "nothing is written when the export cannot run"
+
+
+def test_exporter_info_logging_stays_off_the_terminal(caplog):
+    """onnxscript's optimizer logs dozens of INFO lines per export; the CLI logs INFO to the terminal."""
+    from cxraug.evaluation.export import _quiet
+
+    with caplog.at_level(logging.INFO):
+        with _quiet():
+            logging.getLogger("onnxscript.optimizer._constant_folding").info("Skipping constant folding")
+            logging.getLogger("onnx_ir.passes.common").info("Removed 67 unused nodes")
+            logging.getLogger("onnxscript").warning("a real problem")
+        logging.getLogger("onnxscript").info("after")
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == ["a real problem", "after"]
+
+
+def test_a_crafted_generator_header_is_a_one_line_error(tmp_path):
+    """A header that claims the cxraug format but whose options are not a JSON object."""
+    from safetensors.torch import save_file
+
+    from cxraug.errors import DataError
+    from cxraug.training.generator_file import FORMAT_VERSION, load_generator_file
+
+    spec = json.dumps({"image_size": 16, "labels": ["covid"], "channels": 1})
+    registry = build_registry(get_plugin_manager())
+    for options in ("[1, 2]", '"nz=16"', "null"):
+        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "arch": "dcgan", "network": "G"}
+        path = tmp_path / "crafted.safetensors"
+        save_file({"w": torch.zeros(2)}, str(path), metadata={**meta, "options": options, "spec": spec})
+        with pytest.raises(DataError, match="header options/spec unreadable"):
+            load_generator_file(path, registry, torch.device("cpu"))
+    # weights of another shape: the error says which tensor, not only the network's name
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "arch": "dcgan", "network": "G"}
+    options = json.dumps({"nz": 16, "ngf": 8})
+    save_file({"w": torch.zeros(2)}, str(path), metadata={**meta, "options": options, "spec": spec})
+    with pytest.raises(DataError, match="weights do not match .*(Missing|Unexpected) key"):
+        load_generator_file(path, registry, torch.device("cpu"))
+
+
+def test_generate_checkpoint_names_the_other_export_formats(tmp_path, recwarn):
+    """ONNX / TorchScript exports given to generate --checkpoint: what they are, what it reads."""
+    from cxraug.errors import DataError
+    from cxraug.training.generate import load_generator
+
+    registry = build_registry(get_plugin_manager())
+    scripted = tmp_path / "generator.torchscript.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(scripted))
+    onnx_file = tmp_path / "generator.onnx"
+    onnx_file.write_bytes(b"\x08\x07\x12\x07pytorch")  # a protobuf start, as torch.onnx writes
+    for path, what in ((scripted, "a TorchScript export"), (onnx_file, "an ONNX export")):
+        with pytest.raises(DataError) as info:
+            load_generator(path, registry, torch.device("cpu"))
+        assert what in str(info.value) and "safetensors export" in str(info.value)
+    assert not [w for w in recwarn if "TorchScript" in str(w.message)]

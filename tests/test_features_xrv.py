@@ -137,6 +137,7 @@ def test_wrong_files_are_refused_in_one_line(weights: dict[str, Path], tmp_path:
         (junk, "is not TorchXRayVision DenseNet weights"),
         (shapes, "features.conv0.weight has shape (64, 3, 7, 7)"),
         (tmp_path / "absent.pt", "does not exist"),
+        (tmp_path, "is a folder, not a file"),
     ):
         with pytest.raises(CxrError) as info:
             F.xrv_extractor(path)
@@ -381,3 +382,14 @@ def test_experiment_gan_quality_asks_for_both_networks_and_labels_xrv_values(
         "kid_std@xrv": 0.003,
     }
     assert seen[0].features == ["inception", "xrv"] and seen[0].xrv_weights == weights["state"]
+
+
+def test_wrong_xrv_weights_are_refused_before_images_are_generated(tmp_path: Path) -> None:
+    """evaluate checks --xrv-weights up front (check_xrv); a torch file of other tensors is caught there."""
+    from cxraug.evaluation.command import check_xrv
+
+    small = tmp_path / "small.pt"
+    torch.save({"conv.weight": torch.zeros(2, 2)}, small)
+    with pytest.raises(CxrError, match="tensors are missing"):
+        check_xrv(["inception", "xrv"], {}, str(small))
+    check_xrv(["inception"], {}, str(small))  # not asked for: not read

@@ -159,6 +159,12 @@ def test_classifier_run_logs_and_a_resume_continues_the_same_records(
     # params are immutable in MLflow: the longer budget of the resume is a tag
     assert mlrun.data.params["config.epochs"] == "1" and mlrun.data.tags["resumed.config.epochs"] == "3"
     assert mlrun.data.params["config.arch"] == "cnn"
+    # --logger on resume chooses anew: mlflow's recorded options do not count as a stray --logger-opt
+    result = cxraug_cli("train-classifier", "--resume", str(run), "--epochs", "4", "--logger", "tensorboard")
+    assert result.exit_code == 0, result.output
+    config = json.loads((run / "options.json").read_text())["config"]
+    assert config["loggers"] == ["tensorboard"] and list(config["logger_options"]) == ["tensorboard"]
+    assert [e.step for e in _events(run).Scalars("train_loss")] == [1, 2, 3, 4]
 
 
 def test_a_resume_after_a_kill_replaces_the_steps_it_goes_back_over(
@@ -189,7 +195,7 @@ def test_logger_errors_are_one_line_before_anything_runs(
         (["--logger", "tensorbord"], "unknown logger 'tensorbord'. Did you mean 'tensorboard'?"),
         (["--logger", "mlflow", "--logger-opt", "mlflow.uri=x"], "invalid options for logger mlflow"),
         (["--logger-opt", "mlflow.experiment=x"], "logger 'mlflow' is not chosen"),
-        (["--logger", "mlflow", "--logger-opt", "experiment=x"], "prefix logger options"),
+        (["--logger", "mlflow", "--logger-opt", "experiment=x"], "--logger-opt experiment=...: prefix"),
     ]
     for extra, message in cases:
         result = cxraug_cli(*base, *extra)
@@ -335,3 +341,21 @@ def test_metric_rows_reach_the_loggers_and_a_failing_logger_is_dropped(tmp_path,
     assert seen["broken"][-1] == ("close", "failed") and len(seen["broken"]) == 3
     assert "logger 'broken' failed (RuntimeError: server went away)" in caplog.text
     assert [r["step"] for r in log.rows] == [4, 5], "the run's own log is untouched"
+
+
+def test_mlflow_store_creation_prints_nothing(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """MLflow logs "Creating initial MLflow database tables..." through its own stderr handler."""
+    pytest.importorskip("mlflow")
+    pytest.importorskip("sqlalchemy")
+    from cxraug.interfaces import LoggerRun
+    from cxraug.plugins.loggers.mlflow import MLflowLogger, MLflowOptions
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    logger = MLflowLogger(MLflowOptions())
+    logger.start(LoggerRun(folder=folder, name="run", kind="classifier", workspace=tmp_path))
+    logger.log_scalars(1, {"train_loss": 0.5})
+    logger.close("finished")
+    captured = capfd.readouterr()
+    assert "database tables" not in captured.err + captured.out
+    assert (tmp_path / "mlruns" / "mlflow.db").is_file() and (folder / "mlflow.json").is_file()

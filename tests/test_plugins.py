@@ -268,6 +268,9 @@ def test_plugins_list_table_and_kind_filter(cxraug_cli) -> None:
     assert bad.exit_code == 2 and "choose one of" in bad.output
     show = cxraug_cli("plugins", "show", "dataset", "phantom")
     assert show.exit_code == 0 and "n_per_class" in show.output
+    # a multi-line class docstring is shown dedented (not with the class body's indent)
+    show = cxraug_cli("plugins", "show", "logger", "mlflow")
+    assert show.exit_code == 0 and "\nA resumed run continues" in show.output, show.output
 
 
 def test_hookspecs_are_documented_and_tested() -> None:

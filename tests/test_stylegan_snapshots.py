@@ -582,6 +582,29 @@ def test_crafted_pickle_runs_no_code(tmp_path, nvlabs_globals, kind, monkeypatch
     assert not side.exists(), "nothing from the file may run"
 
 
+class _Bomb:
+    """An array record whose shape asks for terabytes (numpy itself always pickles shape (0,))."""
+
+    def __init__(self, state: Any = None) -> None:
+        self.state = state
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]  # numpy(._core).multiarray._reconstruct
+        return (reconstruct, (np.ndarray, (10**13,), b"b"), self.state)
+
+
+@pytest.mark.parametrize(
+    "state", [None, (1, (10**13,), np.dtype("b"), False, b"ab"), (1, (10**13,), np.dtype("O"), False, [1])]
+)
+def test_crafted_array_shape_allocates_nothing(tmp_path, state):
+    path = tmp_path / "network-snapshot-bomb.pkl"
+    with open(path, "wb") as fh:
+        pickle.dump({"G_ema": _Bomb(state)}, fh)
+    with pytest.raises(DataError) as info:  # not MemoryError: a one-line error, nothing allocated
+        read_snapshot(path)
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
 def test_cli_refuses_a_crafted_pickle_without_running_it(tmp_path, cxraug_cli):
     side = tmp_path / "pwned"
     path = tmp_path / "network-snapshot-000000.pkl"

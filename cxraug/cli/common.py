@@ -177,7 +177,9 @@ def command_settings(
         given = parse_opts(logger_opts, "--logger-opt")
         chosen = flags.get("loggers") or config.get(model.section, {}).get("loggers") or []
         tables = {k: v for k, v in config.get("logger", {}).items() if k in split_list(chosen)}
-        merged = per_plugin_options({"logger": tables}, "logger", given, "mlflow.tracking_uri=URI")
+        merged = per_plugin_options(
+            {"logger": tables}, "logger", given, "mlflow.tracking_uri=URI", "--logger-opt"
+        )
         if merged:
             flags["logger_options"] = merged
     if per_plugin is not None and plugin_kind is not None:  # several plugins, options keyed by name
@@ -245,13 +247,13 @@ BatchOpt = Annotated[int, typer.Option("--batch-size", help="Images per step (al
 
 
 def per_plugin_options(
-    config: dict[str, Any], kind: str, opts: dict[str, Any], example: str
+    config: dict[str, Any], kind: str, opts: dict[str, Any], example: str, flag: str = "--opt"
 ) -> dict[str, Any]:
-    """``[KIND.NAME]`` config tables merged with ``--opt NAME.KEY=VALUE`` (flags win), by plugin name."""
+    """``[KIND.NAME]`` config tables merged with ``FLAG NAME.KEY=VALUE`` (flags win), by plugin name."""
     bad = [k for k, v in opts.items() if not isinstance(v, dict)]
     if bad:
         raise OptionsError(
-            f"--opt {bad[0]}=...: prefix {kind} options with the plugin's name, e.g. --opt {example}"
+            f"{flag} {bad[0]}=...: prefix {kind} options with the plugin's name, e.g. {flag} {example}"
         )
     tables = config.get(kind, {})
     return {k: {**tables.get(k, {}), **opts.get(k, {})} for k in {*tables, *opts}}

@@ -146,7 +146,7 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
         flags = given_flags(typer_ctx, ExperimentSettings)
         flags.update({f"{k}_options": v for k, v in opts.items()})
         given = parse_opts(logger_opt, "--logger-opt")
-        logger_options = per_plugin_options({}, "logger", given, "mlflow.tracking_uri=URI")
+        logger_options = per_plugin_options({}, "logger", given, "mlflow.tracking_uri=URI", "--logger-opt")
         if logger_options:
             flags["logger_options"] = logger_options
         built = build_settings(ExperimentSettings, flags=flags)

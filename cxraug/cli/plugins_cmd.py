@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Annotated
 
 import typer
@@ -56,7 +57,7 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
             raise OptionsError(f"kind {kind!r}: choose one of {', '.join(KINDS)}")
         cls = ctx.registry.get(kind, name)
         console.print(f"[bold]{kind} {name}[/]: {escape(cls.description)}")
-        doc = (cls.__doc__ or "").strip()
+        doc = inspect.cleandoc(cls.__doc__ or "")  # continuation lines carry the class indent
         if doc:
             console.print(escape(doc), highlight=False)
         if kind == "dataset":

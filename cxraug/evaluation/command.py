@@ -83,14 +83,14 @@ def check_xrv(
 ) -> None:
     """When anything asks for xrv features: torchxrayvision is installed and ``--xrv-weights`` (or its
     environment variable) names a file; checked before any image is generated."""
-    from cxraug.metrics.features import check_xrv_download, import_xrv, resolve_xrv_weights
+    from cxraug.metrics.features import check_xrv_download, import_xrv, load_xrv_weights, resolve_xrv_weights
 
     wanted = "xrv" in (features or []) or any(
         opts.get("features") == "xrv" or opts.get("space") == "xrv" for opts in options.values()
     )
     if not wanted:
         return
-    import_xrv()
+    xrv = import_xrv()
     path = resolve_xrv_weights(weights)
     if path is None:
         check_xrv_download()
@@ -99,6 +99,8 @@ def check_xrv(
             f"--xrv-weights {path}: {problem}; give TorchXRayVision's densenet121-res224-all file or a "
             "state dict of xrv.models.DenseNet"
         )
+    else:  # tensors missing or of the wrong shape: said now, not after generating --n images
+        load_xrv_weights(xrv.models.DenseNet(weights=None), path)
 
 
 class EvaluationRecord(RunRecord[EvaluateSettings]):

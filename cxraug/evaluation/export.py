@@ -146,10 +146,22 @@ def _need_export_extra() -> None:
 
 @contextlib.contextmanager
 def _quiet() -> Any:
-    """The exporters' progress lines and tracer warnings about shape checks are not for users."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        yield
+    """The exporters' progress lines and tracer warnings about shape checks are not for users
+    (onnxscript's optimizer and onnx_ir log dozens of INFO lines per export through logging)."""
+    loggers = [logging.getLogger(name) for name in _EXPORTER_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    try:
+        for logger in loggers:
+            logger.setLevel(logging.WARNING)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+_EXPORTER_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx", "torch.export")
 
 
 def _onnx_program(gan: GAN[Any], batch: int | None) -> Any:
@@ -359,6 +371,13 @@ def _training_data(workspace: Workspace, registry: Registry, run: GanRun) -> dic
     return data
 
 
+def _distance_keys(values: dict[str, Any]) -> list[str]:
+    """FID/KID entries of an evaluation's values: ``fid``, ``kid`` (Inception) and ``fid@NET``,
+    ``kid@NET`` for other feature networks (``--features xrv``), Inception first."""
+    keys = [k for k in values if k.split("@")[0] in ("fid", "kid")]
+    return sorted(keys, key=lambda k: ("@" in k, k.split("@")[-1] if "@" in k else "", k))
+
+
 def _evaluation(workspace: Workspace, run: GanRun) -> dict[str, Any] | None:
     """FID/KID of the newest evaluation report made from this run, with their feature settings."""
     found = None
@@ -369,13 +388,13 @@ def _evaluation(workspace: Workspace, run: GanRun) -> dict[str, Any] | None:
             continue
         gan_run = (doc.get("sources") or {}).get("gan_run")
         values = doc.get("values") or {}
-        if gan_run and Path(gan_run).resolve() == run.path.resolve() and ({"fid", "kid"} & set(values)):
+        if gan_run and Path(gan_run).resolve() == run.path.resolve() and _distance_keys(values):
             found = (report, doc)
     if found is None:
         return None
     report, doc = found
     out: dict[str, Any] = {"report": str(report.path), "created": doc.get("created", "")}
-    for name in ("fid", "kid"):
+    for name in _distance_keys(doc["values"]):
         if name in doc["values"]:
             options = (doc.get("options") or {}).get(name, {})
             out[name] = {
@@ -524,7 +543,8 @@ def render_card(f: dict[str, Any]) -> str:
     if ev is None:
         lines.append(f"FID/KID: not computed. Compute them with `{f['evaluate_command']}`.")
     else:
-        for name in ("fid", "kid"):
+        others = [n for n in ev if "@" in n and n.split("@")[0] in ("fid", "kid")]  # e.g. fid@xrv
+        for name in ["fid", "kid", *others]:
             if name not in ev:
                 lines.append(f"- {name.upper()}: not computed")
                 continue

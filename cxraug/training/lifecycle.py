@@ -246,6 +246,11 @@ def resume_settings(job: Job[S, R], run: R, built: Built[S]) -> S:
             f"{'; '.join(changed)}. Drop them (on resume only {free} may change) or start a new run"
         )
     update = job.adjust_resume(recorded, {k: v for k, v in wanted.items() if k in model.resumable})
+    if isinstance(recorded, TrackedSettings) and "loggers" in update and "logger_options" not in update:
+        # --logger on resume chooses the loggers anew: the recorded options of the ones dropped go too
+        # (else they read as a stray --logger-opt the user never typed)
+        keep = set(update["loggers"])
+        update["logger_options"] = {k: v for k, v in recorded.logger_options.items() if k in keep}
     try:
         settings = model.model_validate({**recorded.model_dump(), **update})
     except ValidationError as exc:

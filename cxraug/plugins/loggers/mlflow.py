@@ -11,9 +11,12 @@ The run id is kept in ``RUN/mlflow.json``, so a resumed run continues the same M
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -85,12 +88,13 @@ class MLflowLogger(Logger[MLflowOptions]):
         uri, artifacts = self._store(run)
         try:
             # MLflow's SQLAlchemy store trips SQLAlchemy 2.1's deprecation of `noload`; not ours to fix.
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _store_setup_quiet():
                 warnings.simplefilter("ignore", DeprecationWarning)
                 client = MlflowClient(tracking_uri=uri)
-            run_id = self._continue(client, run, uri)
+                run_id = self._continue(client, run, uri)
             if run_id is None:
-                experiment_id = self._experiment(client, artifacts)
+                with _store_setup_quiet():
+                    experiment_id = self._experiment(client, artifacts)
                 tags = {"cxraug.kind": run.kind, "cxraug.folder": str(run.folder)}
                 run_id = client.create_run(experiment_id, run_name=run.name, tags=tags).info.run_id
                 state = {"tracking_uri": uri, "experiment_id": experiment_id, "run_id": run_id}
@@ -171,6 +175,22 @@ class MLflowLogger(Logger[MLflowOptions]):
         if self._client is not None:
             self._client.set_terminated(self._run_id, status=_STATUS.get(status, "FINISHED"))
             self._client = None
+
+
+@contextlib.contextmanager
+def _store_setup_quiet() -> Iterator[None]:
+    """MLflow logs "Creating initial MLflow database tables..." at INFO through its own handler
+    (mlflow/store/db/utils.py, alembic's migrations) when it first creates the SQLite store: store
+    housekeeping, not the user's business; warnings and errors still show."""
+    loggers = [logging.getLogger(name) for name in ("mlflow.store.db.utils", "alembic")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def state_of(folder: Path) -> dict[str, Any]:
