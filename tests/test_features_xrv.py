@@ -393,3 +393,27 @@ def test_wrong_xrv_weights_are_refused_before_images_are_generated(tmp_path: Pat
     with pytest.raises(CxrError, match="tensors are missing"):
         check_xrv(["inception", "xrv"], {}, str(small))
     check_xrv(["inception"], {}, str(small))  # not asked for: not read
+
+
+def test_xrv_weights_without_xrv_features_are_said_to_be_unused(
+    weights: dict[str, Path], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from cxraug.evaluation.command import check_xrv
+
+    monkeypatch.delenv(F.XRV_ENV, raising=False)
+    caplog.set_level(logging.WARNING)
+    check_xrv(["inception"], {"fid": {}}, str(weights["state"]))
+    assert "is not used: no metric asks for xrv features" in caplog.text
+    caplog.clear()
+    monkeypatch.setenv(F.XRV_ENV, str(weights["state"]))  # set for good in the environment: quiet
+    check_xrv(["inception"], {"fid": {}}, str(weights["state"]))
+    assert caplog.text == ""
+
+
+def test_offline_inception_error_names_its_url_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CXRAUG_OFFLINE", "1")
+    try:
+        F.fileio.check_online(F.INCEPTION_URL)
+    except OSError as exc:
+        message = str(F._download_error("clean", exc))
+    assert message.count(F.INCEPTION_URL) == 1 and "--inception-weights" in message

