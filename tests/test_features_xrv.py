@@ -417,3 +417,33 @@ def test_offline_inception_error_names_its_url_once(monkeypatch: pytest.MonkeyPa
     except OSError as exc:
         message = str(F._download_error("clean", exc))
     assert message.count(F.INCEPTION_URL) == 1 and "--inception-weights" in message
+
+
+def test_experiment_measures_xrv_when_inception_cannot_be_had(
+    cxraug_workspace, weights: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Offline without Inception weights, the study still reports the X-ray FID/KID it can compute,
+    and says why the Inception ones are missing."""
+    import cxraug.evaluation.engine as engine
+    from cxraug.experiment.runner import Experiment, ExperimentSettings
+
+    seen: list[EvalRequest] = []
+
+    def fake_run(req: EvalRequest, registry, workspace):  # type: ignore[no-untyped-def]
+        seen.append(req)
+        return {"values": {"fid@xrv": {"fid": 3.0}, "kid@xrv": {"kid": 0.03, "kid_std": 0.003}}}
+
+    def no_inception(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise CxrError("download of inception-2015-12-05.pt failed: offline")
+
+    monkeypatch.setattr(engine, "run_evaluation", fake_run)
+    monkeypatch.setattr(F, "inception_extractor", no_inception)
+    settings = ExperimentSettings(
+        features=["inception", "xrv"], xrv_weights=str(weights["state"]), device="cpu"
+    )
+    exp = Experiment(cxraug_workspace, build_registry(get_plugin_manager()), tmp_path / "study", settings)
+    exp.state["gan_run"] = str(tmp_path / "gan-run")
+    quality = exp.gan_quality(source=None)  # type: ignore[arg-type]
+    assert seen[0].features == ["xrv"]
+    assert quality["fid@xrv"] == 3.0 and "fid" not in quality
+    assert quality["skipped_features"] == {"inception": "download of inception-2015-12-05.pt failed: offline"}

@@ -248,7 +248,10 @@ def write_experiment_report(state: dict[str, Any], out_dir: Path) -> tuple[Path,
         if "skipped" in quality:
             lines.append(f"FID/KID not computed: {quality['skipped']}")
         else:
-            lines += table_md([{"value": k, "": fmt(v)} for k, v in quality.items()])
+            values = {key: v for key, v in quality.items() if key != "skipped_features"}
+            lines += table_md([{"value": key, "": fmt(v)} for key, v in values.items()])
+            for network, reason in (quality.get("skipped_features") or {}).items():
+                lines += ["", f"FID/KID on {network} features not computed: {reason}"]
     lines += [
         "",
         "## macro AUC per arm",

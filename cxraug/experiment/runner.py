@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -533,24 +534,41 @@ class Experiment:
             features=list(self.config.features) if self.config.features else None,
             xrv_weights=Path(self.config.xrv_weights) if self.config.xrv_weights else None,
         )
-        try:
-            from cxraug.metrics.features import inception_extractor, xrv_extractor
+        from cxraug.metrics.features import inception_extractor, xrv_extractor
 
-            # fail fast (offline, no weights) before generating images for nothing
-            if "inception" in (req.features or ["inception"]):
-                inception_extractor(req.inception_weights, req.device, "clean")
-            if "xrv" in (req.features or []):
-                xrv_extractor(req.xrv_weights, req.device)
-            doc = run_evaluation(req, self.registry, self.ws)
-            # values of other feature networks than Inception are labelled NAME@NETWORK (fid@xrv)
-            result = {
-                f"{key}@{entry.partition('@')[2]}" if "@" in entry else key: value
-                for entry, values in doc["values"].items()
-                for key, value in values.items()
-            }
-        except CxrError as exc:
-            result = {"skipped": str(exc)}
-            console.print(f"[yellow]FID/KID skipped: {exc}[/]", soft_wrap=True)
+        # fail fast (offline, no weights) before generating images for nothing; a network that
+        # cannot be had is skipped with its reason, the others still measured
+        wanted = list(req.features or ["inception"])
+        skipped: dict[str, str] = {}
+        for network, make in (
+            ("inception", lambda: inception_extractor(req.inception_weights, req.device, "clean")),
+            ("xrv", lambda: xrv_extractor(req.xrv_weights, req.device)),
+        ):
+            if network in wanted:
+                try:
+                    make()
+                except CxrError as exc:
+                    skipped[network] = str(exc)
+                    console.print(f"[yellow]FID/KID on {network} features skipped: {exc}[/]", soft_wrap=True)
+        usable = [f for f in wanted if f not in skipped]
+        result: dict[str, Any] = {}
+        if usable:
+            try:
+                doc = run_evaluation(replace(req, features=usable), self.registry, self.ws)
+                # values of other feature networks than Inception are labelled NAME@NETWORK (fid@xrv)
+                result = {
+                    f"{key}@{entry.partition('@')[2]}" if "@" in entry else key: value
+                    for entry, values in doc["values"].items()
+                    for key, value in values.items()
+                }
+            except CxrError as exc:
+                skipped = {f: str(exc) for f in wanted}
+                console.print(f"[yellow]FID/KID skipped: {exc}[/]", soft_wrap=True)
+        if skipped:
+            if len(skipped) == len(wanted):
+                result = {"skipped": "; ".join(skipped.values())}
+            else:
+                result["skipped_features"] = skipped
         self.state["gan_quality"] = result
         self.save()
         return result
