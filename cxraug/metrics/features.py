@@ -642,6 +642,8 @@ def read_xrv_file(path: Path) -> dict[str, torch.Tensor]:
         with warnings.catch_warnings():
             # the legacy format warns when a saved layer's source differs from the installed one
             warnings.simplefilter("ignore")
+            # weights_only=False only so torch accepts our pickle_module: _LayerPickle's unpickler is
+            # itself the allowlist (tensors, containers, nn layers), stricter than torch's for this file
             obj: Any = torch.load(
                 str(path), map_location="cpu", pickle_module=_LayerPickle, weights_only=False
             )
