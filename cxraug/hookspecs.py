@@ -46,6 +46,11 @@ def register_loggers(register: Register) -> None:
     """Register Logger subclasses (experiment trackers for ``--logger``)."""
 
 
+@hookspec
+def register_executors(register: Register) -> None:
+    """Register Executor subclasses (where ``cxraug experiment --executor`` runs the study's jobs)."""
+
+
 # ----- extending the command line -----
 
 

@@ -1,5 +1,5 @@
 """The contracts every plugin kind fulfils: dataset adapters, GANs, augmenters, classifiers, metrics,
-loggers.
+loggers, executors.
 
 A plugin class sets ``name`` (lower-case, unique within its kind), a one-line ``description`` and an
 ``Options`` pydantic model (extra keys forbidden). The core builds the options from defaults, the
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from cxraug.snapshotio import ForeignSnapshot
     from cxraug.workspace import Workspace
 
-KINDS: tuple[str, ...] = ("dataset", "gan", "augmenter", "classifier", "metric", "logger")
+KINDS: tuple[str, ...] = ("dataset", "gan", "augmenter", "classifier", "metric", "logger", "executor")
 
 
 class PluginOptions(BaseModel):
@@ -539,6 +539,103 @@ class Logger(Plugin[O], ABC):
         """Flush and close; ``status`` is one of LOGGER_STATUSES."""
 
 
+# -------------------------------------------------------------------------------------- executors
+
+#: The kinds of job a study is made of: train a generator, build an arm's training set, train and
+#: score one classifier, analyse and report. Executors may give each kind its own resources.
+JOB_KINDS: tuple[str, ...] = ("gan", "data", "classifier", "analysis")
+
+#: Exit code of a job whose lock another executor holds (EX_TEMPFAIL): it is running elsewhere,
+#: so wait for ``ExecPlan.done`` instead of running it again.
+JOB_BUSY_EXIT = 75
+#: Exit code of a job stopped by Ctrl-C or SIGTERM; rerunning it continues from its checkpoint.
+JOB_INTERRUPTED_EXIT = 130
+
+
+@dataclass(frozen=True)
+class ExecJob:
+    """One job of a study: ``id`` is unique and safe as a file name; ``deps`` must be done first."""
+
+    id: str
+    kind: str
+    deps: tuple[str, ...] = ()
+    #: What the job does, for progress lines ("train classifier base seed 2").
+    label: str = ""
+
+
+class ExecPlan(Protocol):
+    """A study's jobs as an executor sees them; the study's state file is the source of truth.
+
+    Each job takes a lock of its own in the study folder when it starts, so a job is never run
+    twice at once, whoever launched it; a finished job is a no-op that exits 0; a job killed
+    part-way continues from its own checkpoint when run again. Exit codes of ``command`` and of
+    ``call``: 0 done, JOB_BUSY_EXIT (another executor runs it: wait until ``done``),
+    JOB_INTERRUPTED_EXIT, 2 (a user error, ``failure`` says which), anything else a failure.
+    """
+
+    #: The study folder; executors keep their own files under ``folder / "jobs"``.
+    folder: Path
+    #: Every job, in an order where each comes after its dependencies.
+    jobs: tuple[ExecJob, ...]
+
+    def done(self, job_id: str) -> bool:
+        """Whether the job has finished (read from the state file, so it sees other executors)."""
+        ...
+
+    def command(self, job_id: str, executor: str) -> list[str]:
+        """The argv that runs the job in a fresh process (any machine that sees the study folder)."""
+        ...
+
+    def call(self, job_id: str, executor: str) -> Callable[[], int]:
+        """A picklable callable that runs the job in the calling process and returns its exit code."""
+        ...
+
+    def log_path(self, job_id: str) -> Path:
+        """Where the job's output goes (``folder/jobs/ID.log``); executors append to it."""
+        ...
+
+    def failure(self, job_id: str) -> str | None:
+        """The error the job recorded when it last failed, or None."""
+        ...
+
+
+class Executor(Plugin[O], ABC):
+    """Runs a study's jobs (``cxraug experiment --executor NAME``): locally, on Slurm, on Ray, ...
+
+    ``run`` must start each job only once its dependencies are done, treat JOB_BUSY_EXIT as
+    "running elsewhere" (wait for ``plan.done``), stop starting jobs after the first failure and
+    raise a CxrError naming the job and its log, and return once every job is done.
+    ``cxraug.execution.run_graph`` does all of that for an executor that can start, poll and
+    cancel one job; ``cxraug.testing.check_executor_plugin`` checks an executor against it.
+    """
+
+    kind: ClassVar[str] = "executor"
+    #: Python modules the executor imports; ``check_available`` names the missing ones.
+    requires: ClassVar[tuple[str, ...]] = ()
+    #: What to run when one is missing.
+    install_hint: ClassVar[str] = ""
+
+    @classmethod
+    def check_available(cls, options: PluginOptions) -> None:
+        """Raise OptionsError, one line naming what to install, when the executor cannot work here."""
+        import importlib.util
+
+        from cxraug.errors import OptionsError
+
+        missing = [m for m in cls.requires if importlib.util.find_spec(m) is None]
+        if missing:
+            hint = f": {cls.install_hint}" if cls.install_hint else ""
+            raise OptionsError(f"--executor {cls.name} needs {', '.join(missing)}, not installed here{hint}")
+
+    def describe(self) -> str:
+        """One line for the terminal and the report: where the jobs will run."""
+        return self.name
+
+    @abstractmethod
+    def run(self, plan: ExecPlan) -> None:
+        """Run every job of ``plan`` that is not done, each after its dependencies."""
+
+
 INTERFACES: dict[str, type[Plugin]] = {
     "dataset": DatasetAdapter,
     "gan": GAN,
@@ -546,4 +643,5 @@ INTERFACES: dict[str, type[Plugin]] = {
     "classifier": Classifier,
     "metric": Metric,
     "logger": Logger,
+    "executor": Executor,
 }

@@ -18,6 +18,7 @@ from cxraug.interfaces import (
     Augmenter,
     Classifier,
     DatasetAdapter,
+    Executor,
     Logger,
     Metric,
     Plugin,
@@ -178,6 +179,10 @@ class Registry:
         """The logger class registered as ``name`` (errors as ``get``)."""
         return cast("type[Logger]", self.get("logger", name))
 
+    def executor(self, name: str) -> type[Executor]:
+        """The executor class registered as ``name`` (errors as ``get``)."""
+        return cast("type[Executor]", self.get("executor", name))
+
     def demo_dataset(self) -> type[DatasetAdapter]:
         """The adapter with ``demo = True``: the built-in one when several are, else the first by name."""
         demos = [
@@ -213,6 +218,7 @@ _HOOK_OF: dict[str, str] = {
     "classifier": "register_classifiers",
     "metric": "register_metrics",
     "logger": "register_loggers",
+    "executor": "register_executors",
 }
 
 

@@ -415,6 +415,48 @@ def check_logger_plugin(cls: type[Any], folder: Path, *, options: Any = None, re
     return logger
 
 
+def check_executor_plugin(cls: type[Any], folder: Path, *, options: Any = None, sleep_s: float = 0.05) -> Any:
+    """Contract check for an Executor: a study-shaped toy plan (cxraug.toyplan) run to the end.
+
+    Checks that every job ran exactly once, each after its dependencies; that a second run starts
+    nothing (finished jobs are never rerun); and that a failing job stops the run with an error
+    naming it. Returns the executor instance. ``folder`` must be visible to wherever the executor
+    runs its jobs (a shared filesystem for a cluster).
+    """
+    from cxraug.errors import CxrError
+    from cxraug.interfaces import Executor
+    from cxraug.toyplan import ToyPlan, diamond_jobs
+
+    assert issubclass(cls, Executor), f"{cls.__name__} is not an Executor"
+    check_registration("executor", cls)
+    opts = cls.Options(**options) if isinstance(options, dict) else options or cls.Options()
+    cls.check_available(opts)
+    executor = cls(opts)
+    assert isinstance(executor.describe(), str) and executor.describe()
+    plan = ToyPlan.create(Path(folder) / "toy", sleep_s=sleep_s)
+    executor.run(plan)
+    ran = [row["id"] for row in plan.ran()]
+    assert sorted(ran) == sorted(j.id for j in diamond_jobs()), f"{cls.name}: jobs ran {ran}"
+    for job in plan.jobs:
+        assert plan.done(job.id), f"{cls.name}: {job.id} not recorded as done"
+        record = plan.job_record(job.id)
+        assert record.get("executor") == cls.name, f"{cls.name}: {job.id} recorded {record.get('executor')!r}"
+        assert record.get("host") and record.get("seconds") is not None, record
+        for dep in job.deps:
+            assert ran.index(dep) < ran.index(job.id), f"{cls.name}: {job.id} ran before its dependency {dep}"
+    executor.run(plan)
+    assert len(plan.ran()) == len(ran), f"{cls.name}: a second run started finished jobs again"
+    failing = ToyPlan.create(Path(folder) / "toy-fail", sleep_s=sleep_s, fail=["data-g1"])
+    try:
+        executor.run(failing)
+    except CxrError as exc:
+        assert "data-g1" in str(exc) and "told to fail" in str(exc), f"{cls.name}: error was {exc}"
+    else:
+        raise AssertionError(f"{cls.name}: a failing job did not stop the run")
+    assert not failing.done("analysis") and "clf-g1-0" not in {r["id"] for r in failing.ran()}
+    return executor
+
+
 def make_standin_inception(path: Path, seed: int = 0) -> Path:
     """Write a tiny TorchScript stand-in for clean-fid's Inception file (same ``layers`` interface).
 

@@ -59,6 +59,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "cxraug.plugins.metrics.roc",
     "cxraug.plugins.loggers.tensorboard",
     "cxraug.plugins.loggers.mlflow",
+    "cxraug.plugins.executors.local",
 )
 
 #: Which hook fills which registry kind.
@@ -69,6 +70,7 @@ REGISTER_HOOKS: dict[str, str] = {
     "classifier": "register_classifiers",
     "metric": "register_metrics",
     "logger": "register_loggers",
+    "executor": "register_executors",
 }
 
 

@@ -1,0 +1,1 @@
+"""Built-in executors (where ``cxraug experiment --executor`` runs the study's jobs)."""
