@@ -83,7 +83,7 @@ def load_config(path: Path | None) -> dict[str, Any]:
 
 #: Command-level tables a config file may hold (values for the command's own flags).
 COMMAND_SECTIONS: frozenset[str] = frozenset(
-    {"prepare", "train-gan", "augment", "train-classifier", "evaluate"}
+    {"prepare", "train-gan", "augment", "train-classifier", "evaluate", "experiment"}
 )
 
 

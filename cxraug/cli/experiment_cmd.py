@@ -11,6 +11,7 @@ from rich.markup import escape
 
 from cxraug.cli.common import (
     AppContext,
+    ConfigOpt,
     DeviceOpt,
     DryRunOpt,
     LoggerOpt,
@@ -99,6 +100,17 @@ XrvWeightsOpt = Annotated[
     ),
 ]
 OutOpt = Annotated[Path | None, typer.Option("--out", help="Experiment folder; an existing one resumes.")]
+ExecutorOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--executor",
+        help="Where the study's jobs run: local (default), slurm, or an installed executor (ray, ...).",
+    ),
+]
+JobsOpt = Annotated[
+    int | None,
+    typer.Option("--jobs", help="Jobs at once (local: processes on this machine; others: at most N queued)."),
+]
 ResumeOpt = Annotated[
     bool,
     typer.Option("--resume", help="Continue the latest unfinished (else finished) experiment."),
@@ -133,23 +145,32 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
         resume: ResumeOpt = False,
         loggers: LoggerOpt = None,
         logger_opt: LoggerOptOpt = None,
+        executor: ExecutorOpt = None,
+        jobs: JobsOpt = None,
         opt: OptOpt = None,
+        config: ConfigOpt = None,
         dry_run: DryRunOpt = False,
         workspace: WorkspaceOpt = None,
     ) -> None:
         """Train (or reuse) a GAN, build each arm's training set, train a classifier per arm and seed,
         evaluate all on the same real test split, and report means, CIs and tests against base."""
-        _, opts = load_config_and_opts(None, opt)
-        stray = [k for k in opts if k not in ("gan", "classifier")]
+        loaded, opts = load_config_and_opts(config, opt, ctx.registry)
+        stray = [k for k in opts if k not in ("gan", "classifier", "executor")]
         if stray:
-            raise OptionsError(f"--opt {stray[0]}...: prefix with gan. or classifier., e.g. --opt gan.ngf=32")
+            raise OptionsError(
+                f"--opt {stray[0]}...: prefix with gan., classifier. or executor., e.g. --opt gan.ngf=32"
+            )
         flags = given_flags(typer_ctx, ExperimentSettings)
-        flags.update({f"{k}_options": v for k, v in opts.items()})
+        flags.update({f"{k}_options": v for k, v in opts.items() if k != "executor"})
         given = parse_opts(logger_opt, "--logger-opt")
         logger_options = per_plugin_options({}, "logger", given, "mlflow.tracking_uri=URI", "--logger-opt")
         if logger_options:
             flags["logger_options"] = logger_options
-        built = build_settings(ExperimentSettings, flags=flags)
+        chosen = executor or loaded.get("experiment", {}).get("executor")
+        executor_options = executor_flags(ctx, chosen, loaded, opts.get("executor"), jobs)
+        if executor_options is not None:
+            flags["executor_options"] = executor_options
+        built = build_settings(ExperimentSettings, flags=flags, config=loaded)
         ws = workspace_from(workspace)
         if reanalyse:
             run = ExperimentRun.resolve(ws, out)
@@ -161,6 +182,24 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
         report(job, outcome)
         if outcome.report and outcome.run is not None and outcome.plan is None and not outcome.note:
             _show(outcome.run, outcome.run.state()["results"])
+
+
+def executor_flags(
+    ctx: AppContext, chosen: str | None, config: dict[str, Any], opts: Any, jobs: int | None
+) -> dict[str, Any] | None:
+    """The executor's options from ``[executor.NAME]``, ``--opt executor.KEY=V`` and ``--jobs``
+    (None when none was given, so a resume keeps the recorded ones)."""
+    if opts is not None and not isinstance(opts, dict):
+        raise OptionsError("--opt executor=...: give the executor's options as --opt executor.KEY=VALUE")
+    name = chosen or "local"
+    merged = {**config.get("executor", {}).get(name, {}), **(opts or {})}
+    if jobs is not None:
+        fields = ctx.registry.executor(name).Options.model_fields
+        key = "jobs" if "jobs" in fields else "max_parallel" if "max_parallel" in fields else None
+        if key is None:
+            raise OptionsError(f"--jobs: executor {name!r} has no jobs or max_parallel option; leave it out")
+        merged[key] = jobs
+    return merged if (merged or chosen is not None) else None
 
 
 def _show(run: ExperimentRun, results: dict[str, Any]) -> None:

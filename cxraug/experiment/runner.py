@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
-from dataclasses import replace
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -17,8 +18,10 @@ from cxraug.data.augment import AugmentStep, augment_dataset, balanced_counts
 from cxraug.data.prepared import PreparedDataset
 from cxraug.devices import pick_device
 from cxraug.errors import CxrError, DataError, OptionsError
+from cxraug.execution import jobs_dir, read_json, run_job_locked, update_json
 from cxraug.experiment import stats
-from cxraug.interfaces import AugmentServices, DistContext
+from cxraug.experiment.plan import cell_tag, gan_is_run, parse_tag, run_key, study_jobs
+from cxraug.interfaces import JOB_KINDS, AugmentServices, DistContext, ExecJob, Executor
 from cxraug.metrics.classification import evaluate_classifier, macro_auc
 from cxraug.registry import Registry
 from cxraug.settings import MAX_IMAGES, FeatureList, NameList
@@ -71,7 +74,15 @@ class ExperimentSettings(TrackedSettings):
 
     section: ClassVar[str] = "experiment"
     resumable: ClassVar[frozenset[str]] = frozenset(
-        {"device", "inception_weights", "xrv_weights", "loggers", "logger_options"}
+        {
+            "device",
+            "inception_weights",
+            "xrv_weights",
+            "loggers",
+            "logger_options",
+            "executor",
+            "executor_options",
+        }
     )
 
     data: str | None = None
@@ -104,6 +115,11 @@ class ExperimentSettings(TrackedSettings):
     classic_augmenter: str = "classic"
     synthetic_augmenter: str = "synthetic"
     out: str | None = None
+    #: Where the study's jobs run (``--executor``): local, slurm, or an installed executor plugin;
+    #: it may change on resume (a study started locally can finish on a cluster).
+    executor: str = "local"
+    #: The executor's options (``--jobs``, ``--opt executor.KEY=VALUE``, ``[executor.NAME]``).
+    executor_options: dict[str, Any] = {}
 
     @field_validator("arms")
     @classmethod
@@ -136,8 +152,7 @@ class ExperimentRun(ReportRun[ExperimentRecord]):
         return bool(state.get("gan_runs") or state.get("runs"))
 
     def state(self) -> dict[str, Any]:
-        path = self.path / STATE
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        return read_json(self.path / STATE)
 
 
 class ExperimentJob(Job[ExperimentSettings, ExperimentRun]):
@@ -188,6 +203,7 @@ class ExperimentJob(Job[ExperimentSettings, ExperimentRun]):
             "pretrained": settings.pretrained and clf_cls.pretrained_by_default,
             "n_boot": settings.n_boot or preset["n_boot"],
             "logger_options": self.resolve_loggers(settings),
+            "executor_options": resolve_executor(self.registry, settings).options.model_dump(mode="json"),
         }
         resolved = ExperimentSettings.model_validate({**settings.model_dump(), **update})
         self._check_stages(resolved, dataset)
@@ -207,6 +223,10 @@ class ExperimentJob(Job[ExperimentSettings, ExperimentRun]):
         clf_job._datasets = self._datasets
         clf_job.resolve(classifier_stage_settings(settings, dataset, 0))
 
+    def check(self, settings: ExperimentSettings) -> None:
+        super().check(settings)
+        resolve_executor(self.registry, settings)  # its package is installed here (also on resume)
+
     def data(self, settings: ExperimentSettings) -> DataRef:
         ds = self.open(settings.data)
         return DataRef.of(ds, ["train", "val", "test"], list(ds.classes))
@@ -222,7 +242,14 @@ class ExperimentJob(Job[ExperimentSettings, ExperimentRun]):
 
     def plan(self, settings: ExperimentSettings, run: ExperimentRun | None) -> dict[str, Any]:
         out = run.path if run else (settings.out or self.ws.reports_dir / "experiment-TIME")
-        return {"out": str(out), "config": settings.model_dump(mode="json")}
+        jobs = study_jobs(settings, self.ws)
+        counts = {kind: sum(1 for j in jobs if j.kind == kind) for kind in JOB_KINDS}
+        return {
+            "out": str(out),
+            "config": settings.model_dump(mode="json"),
+            "executor": resolve_executor(self.registry, settings).describe(),
+            "jobs": {"total": len(jobs), **counts},
+        }
 
     def train(
         self, run: ExperimentRun, settings: ExperimentSettings, dist: DistContext, device: torch.device
@@ -230,11 +257,19 @@ class ExperimentJob(Job[ExperimentSettings, ExperimentRun]):
         from cxraug.experiment.report import write_experiment_report
 
         exp = Experiment(self.ws, self.registry, run.path, settings)
+        executor = resolve_executor(self.registry, settings)
+        plan = StudyPlan(self.ws, run.path, settings, local=exp)
+        console.print(
+            f"[bold]experiment:[/] {len(plan.jobs)} jobs ({executor.describe()})",
+            soft_wrap=True,
+            highlight=False,
+        )
         # the study's own stream: its options, then each arm's test results; every GAN and
         # classifier run of the study logs its own rows to the same loggers
         with self.trackers(run, settings, dist).open(run.path, run.name) as trackers:
-            results = exp.run()
-            trackers.log_scalars(1, arm_results(results))
+            executor.run(plan)
+            exp.reload()
+            trackers.log_scalars(1, arm_results(exp.state["results"]))
         write_experiment_report(exp.state, run.path)
         return {}
 
@@ -282,7 +317,7 @@ class Experiment:
         self.ws, self.registry, self.out_dir, self.config = workspace, registry, out_dir, config
         self.state_path = out_dir / STATE
         if self.state_path.is_file():
-            self.state = json.loads(self.state_path.read_text())
+            self.state = read_json(self.state_path)
             self.state["config"] = config.model_dump(mode="json")
         else:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -302,7 +337,26 @@ class Experiment:
         self.classifier_job = ClassifierJob(workspace, registry)
 
     def save(self) -> None:
+        """Write the whole state (single process only; jobs use :meth:`commit`)."""
         write_json_atomic(self.state_path, self.state)
+
+    def reload(self) -> dict[str, Any]:
+        """The state as the file holds it now (other processes' jobs write to it)."""
+        self.state = read_json(self.state_path) or self.state
+        self.state["config"] = self.config.model_dump(mode="json")
+        return self.state
+
+    def commit(self, mutate: Callable[[dict[str, Any]], None]) -> None:
+        """Change the state file under its lock (jobs of other processes change it too)."""
+        self.state = update_json(self.state_path, mutate)
+
+    # ------------------------------------------------------------------ JobRecorder
+
+    def job_record(self, job_id: str) -> dict[str, Any]:
+        return dict(self.reload().get("jobs", {}).get(job_id, {}))
+
+    def update_job_record(self, job_id: str, fields: dict[str, Any]) -> None:
+        self.commit(lambda s: s.setdefault("jobs", {}).setdefault(job_id, {}).update(fields))
 
     @property
     def name(self) -> str:
@@ -310,30 +364,73 @@ class Experiment:
 
     # ------------------------------------------------------------------ stages
 
+    def n_generators(self) -> int:
+        """Generators of the GAN arms: one reused run, or ``--gan-seeds`` trained in the study."""
+        return 1 if gan_is_run(self.ws, str(self.config.gan)) else int(self.config.gan_seeds or 1)
+
     def generators(self, arm: str) -> list[int | None]:
         """The generator index of each cell of an arm: 0..K-1 for GAN arms, [None] for the others."""
-        return list(range(len(self.state.get("gan_runs") or []))) if "gan" in arm else [None]
+        return list(range(self.n_generators())) if "gan" in arm else [None]
+
+    def source(self) -> PreparedDataset:
+        return self.classifier_job.open(str(self.config.data))
+
+    # ------------------------------------------------------------------ jobs
+
+    def job_done(self, job_id: str) -> bool:
+        """Whether a job's stage is recorded as finished (the stages' own state, not the executor's)."""
+        state = self.reload()
+        kind, _, rest = job_id.partition("-")
+        if kind == "gan":
+            finished = state.get("gan_finished") or []
+            k = int(rest)
+            return k < len(finished) and bool(finished[k])
+        if kind == "data":
+            name = state.get("datasets", {}).get(rest)
+            return bool(name) and self.ws.dataset_dir(name).is_dir()
+        if kind == "clf":
+            tag, _, seed = rest.rpartition("-")
+            arm, g = parse_tag(tag)
+            entry = state.get("runs", {}).get(run_key(arm, g, int(seed)))
+            return bool(entry) and entry.get("status") == "finished"
+        if job_id == "analysis":
+            return state.get("status") == "finished" and "results" in state
+        raise KeyError(job_id)
+
+    def run_stage(self, job_id: str) -> None:
+        """Do one job of the study (see :func:`study_jobs`) in this process."""
+        kind, _, rest = job_id.partition("-")
+        source = self.source()
+        if kind == "gan":
+            self.gan_stage(source, int(rest))
+        elif kind == "data":
+            arm, g = parse_tag(rest)
+            self.arm_dataset(arm, source, g)
+        elif kind == "clf":
+            tag, _, seed = rest.rpartition("-")
+            arm, g = parse_tag(tag)
+            self.classifier_stage(arm, int(seed), self.arm_dataset(arm, source, g), g)
+        elif job_id == "analysis":
+            results = self.analyse(source)
+            self.commit(lambda s: s.update(results=results, status="finished", finished=now_iso()))
+            from cxraug.experiment.report import write_experiment_report
+
+            write_experiment_report(self.state, self.out_dir)
+        else:
+            raise KeyError(job_id)
 
     def run(self) -> dict[str, Any]:
-        cfg = self.config
-        source = self.classifier_job.open(str(cfg.data))
-        if any("gan" in arm for arm in cfg.arms):
-            self.gan_stage(source)
-        for arm in cfg.arms:
-            for g in self.generators(arm):
-                dataset = self.arm_dataset(arm, source, g)
-                for s in range(int(cfg.seeds or 0)):
-                    self.classifier_stage(arm, s, dataset, g)
-        results = self.analyse(source)
-        self.state.update(results=results, status="finished", finished=now_iso())
-        self.save()
-        return results
+        """The whole study here, one job after the other (what ``--executor local`` does)."""
+        for job in study_jobs(self.config, self.ws):
+            if not self.job_done(job.id):
+                self.run_stage(job.id)
+        return self.reload()["results"]
 
-    def gan_stage(self, source: PreparedDataset) -> list[Path]:
-        """Train (or resume) the K generators of the GAN arms, one seed each; or reuse a given run."""
+    def gan_stage(self, source: PreparedDataset, k: int = 0) -> Path:
+        """Train (or resume) generator ``k`` of the GAN arms with its own seed; or check a reused run."""
         cfg = self.config
         gan = str(cfg.gan)
-        if Path(gan).is_dir() or (GanRun.home(self.ws) / gan).is_dir():
+        if gan_is_run(self.ws, gan):
             run = GanRun.resolve(self.ws, gan)
             problem = provenance_problem(run, source)
             if problem and not cfg.allow_gan_overlap:
@@ -342,48 +439,57 @@ class Experiment:
                     "X-rays into training; train the GAN in the study (--gan ARCH) or on the study's "
                     "own training split, or pass --allow-gan-overlap to go on (the report will say so)"
                 )
-            self.state.update(
-                gan_runs=[str(run.path)],
-                gan_run=str(run.path),
-                gan_finished=[True],
-                gan_reused=True,
-                provenance_override=f"{problem} (--allow-gan-overlap)" if problem else None,
+            self.commit(
+                lambda s: s.update(
+                    gan_runs=[str(run.path)],
+                    gan_run=str(run.path),
+                    gan_finished=[True],
+                    gan_reused=True,
+                    provenance_override=f"{problem} (--allow-gan-overlap)" if problem else None,
+                )
             )
-            self.save()
-            return [run.path]
+            return run.path
         k_total = int(cfg.gan_seeds or 1)
-        runs: list[str] = list(self.state.get("gan_runs") or [])
-        finished: list[bool] = list(self.state.get("gan_finished") or [])
+
+        def padded(values: list[Any] | None, fill: Any) -> list[Any]:
+            return (list(values or []) + [fill] * k_total)[:k_total]
+
         job = self.gan_job
-        for k in range(k_total):
-            if k < len(finished) and finished[k]:
-                continue
-            if k >= len(runs):
-                settings = job.resolve(gan_stage_settings(cfg, source, k))
-                created = job.create(settings)
-                created.mark(RunStatus.RUNNING, experiment=str(self.out_dir))
-                runs.append(str(created.path))
-                self.state.update(gan_runs=runs, gan_run=runs[0])
-                self.save()
-            run = GanRun(runs[k])
-            console.print(
-                f"[bold]experiment: training {gan} generator {k + 1} of {k_total}[/] ({run.path})",
-                soft_wrap=True,
-            )
-            run_job(job, run.settings, run)
-            finished = (finished + [False] * k_total)[:k_total]
-            finished[k] = True
-            self.state["gan_finished"] = finished
-            self.save()
-        return [Path(r) for r in runs]
+        path = padded(self.reload().get("gan_runs"), None)[k]
+        if path is None:
+            settings = job.resolve(gan_stage_settings(cfg, source, k))
+            created = job.create(settings)
+            created.mark(RunStatus.RUNNING, experiment=str(self.out_dir))
+            path = str(created.path)
+
+            def add_run(s: dict[str, Any]) -> None:
+                s["gan_runs"] = padded(s.get("gan_runs"), None)
+                s["gan_runs"][k] = path
+                s["gan_run"] = s["gan_runs"][0]
+
+            self.commit(add_run)
+        run = GanRun(path)
+        console.print(
+            f"[bold]experiment: training {gan} generator {k + 1} of {k_total}[/] ({run.path})",
+            soft_wrap=True,
+        )
+        run_job(job, run.settings, run)
+
+        def finish(s: dict[str, Any]) -> None:
+            s["gan_finished"] = padded(s.get("gan_finished"), False)
+            s["gan_finished"][k] = True
+
+        self.commit(finish)
+        return run.path
 
     def arm_dataset(self, arm: str, source: PreparedDataset, g: int | None = None) -> PreparedDataset:
         cfg = self.config
         if arm == "base":
             return source
         tag = cell_tag(arm, g)
-        name = self.state["datasets"].get(tag) or f"{self.name}-{tag}"
-        if tag in self.state["datasets"] and self.ws.dataset_dir(name).is_dir():
+        datasets = self.reload().get("datasets", {})
+        name = datasets.get(tag) or f"{self.name}-{tag}"
+        if tag in datasets and self.ws.dataset_dir(name).is_dir():
             return self.classifier_job.open(name)
         train_counts = {lb: len(source.indices("train", [lb])) for lb in source.classes}
         steps = []
@@ -415,14 +521,13 @@ class Experiment:
         dataset = augment_dataset(
             self.ws, source, steps, name=name, seed=cfg.seed, force=True, services=services
         )
-        self.state["datasets"][tag] = name
-        self.save()
+        self.commit(lambda s: s.setdefault("datasets", {}).update({tag: name}))
         return dataset
 
     def classifier_stage(self, arm: str, seed: int, dataset: PreparedDataset, g: int | None = None) -> None:
         cfg = self.config
         key = run_key(arm, g, seed)
-        entry = self.state["runs"].get(key)
+        entry = self.reload().get("runs", {}).get(key)
         if entry and entry.get("status") == "finished":
             return
         job = self.classifier_job
@@ -431,8 +536,8 @@ class Experiment:
             created = job.create(settings)
             created.mark(RunStatus.RUNNING, experiment=str(self.out_dir))
             entry = {"run": str(created.path), "status": "running"}
-            self.state["runs"][key] = entry
-            self.save()
+            new = entry
+            self.commit(lambda s: s.setdefault("runs", {}).update({key: new}))
         run = ClassifierRun(entry["run"])
         console.print(f"[bold]experiment: {key}[/] ({cfg.classifier} -> {run.name})")
         outcome = run_job(job, settings, run)
@@ -446,8 +551,8 @@ class Experiment:
             ids=np.array([source.rows[i]["id"] for i in idx]),
         )
         best = outcome.result.get("best")
-        entry.update(status="finished", best=best.model_dump() if best is not None else None)
-        self.save()
+        fields = {"status": "finished", "best": best.model_dump() if best is not None else None}
+        self.commit(lambda s: s["runs"][key].update(fields))
 
     # ------------------------------------------------------------------ analysis
 
@@ -513,6 +618,7 @@ class Experiment:
 
     def gan_quality(self, source: PreparedDataset) -> dict[str, Any]:
         """FID and KID of the GAN against the real training images; skipped with a reason offline."""
+        self.reload()
         if not self.state.get("gan_run"):
             return {}
         if "gan_quality" in self.state:
@@ -569,8 +675,7 @@ class Experiment:
                 result = {"skipped": "; ".join(skipped.values())}
             else:
                 result["skipped_features"] = skipped
-        self.state["gan_quality"] = result
-        self.save()
+        self.commit(lambda s: s.update(gan_quality=result))
         return result
 
 
@@ -619,15 +724,100 @@ def arm_results(results: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def cell_tag(arm: str, g: int | None) -> str:
-    """File and dataset tag of an arm's cell: ``classic-gan-g1`` (generator 1) or ``classic``."""
-    return arm.replace("+", "-") + (f"-g{g}" if g is not None else "")
-
-
-def run_key(arm: str, g: int | None, seed: int) -> str:
-    """Key of a classifier run in experiment.json: ``gan/g0/3`` or ``base/3``."""
-    return f"{arm}/g{g}/{seed}" if g is not None else f"{arm}/{seed}"
-
-
 def timestamp() -> str:
     return dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def resolve_executor(registry: Registry, settings: ExperimentSettings) -> Executor[Any]:
+    """The chosen executor with its validated options; a missing package or bad key is one line."""
+    from pydantic import ValidationError
+
+    cls = registry.executor(settings.executor)
+    options = dict(settings.executor_options)
+    try:
+        opts = cls.Options(**options)
+    except ValidationError as exc:
+        valid = ", ".join(sorted(cls.Options.model_fields))
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"]) or "?"
+        raise OptionsError(
+            f"--opt executor.{key}: {first['msg']} (executor {cls.name!r} takes: {valid})"
+        ) from None
+    cls.check_available(opts)
+    return cls(opts)
+
+
+class StudyPlan:
+    """The study as an executor sees it (cxraug.interfaces.ExecPlan); state in experiment.json."""
+
+    def __init__(
+        self, ws: Workspace, folder: Path, settings: ExperimentSettings, *, local: Experiment | None = None
+    ) -> None:
+        self.ws, self.folder, self.settings = ws, Path(folder).resolve(), settings
+        self.jobs: tuple[ExecJob, ...] = tuple(study_jobs(settings, ws))
+        self._local = local
+
+    def _exp(self) -> Experiment:
+        if self._local is None:
+            raise RuntimeError("StudyPlan without its Experiment")
+        return self._local
+
+    def done(self, job_id: str) -> bool:
+        return self._exp().job_done(job_id)
+
+    def command(self, job_id: str, executor: str) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "cxraug.experiment.worker",
+            str(self.folder),
+            job_id,
+            executor,
+            "--workspace",
+            str(self.ws.root.resolve()),
+        ]
+
+    def call(self, job_id: str, executor: str) -> StudyJobCall:
+        return StudyJobCall(str(self.folder), job_id, executor, str(self.ws.root.resolve()), self._local)
+
+    def log_path(self, job_id: str) -> Path:
+        return jobs_dir(self.folder) / f"{job_id}.log"
+
+    def failure(self, job_id: str) -> str | None:
+        error = self._exp().job_record(job_id).get("error")
+        return str(error) if error else None
+
+
+@dataclass
+class StudyJobCall:
+    """Runs one job of a study in the calling process; returns its exit code (picklable)."""
+
+    folder: str
+    job_id: str
+    executor: str
+    workspace: str
+    #: The coordinator's own Experiment, reused when the job runs in its process (not pickled).
+    local: Experiment | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "local": None}
+
+    def __call__(self) -> int:
+        exp = self.local or open_study(Path(self.folder), Path(self.workspace))
+        return run_job_locked(
+            exp.out_dir,
+            self.job_id,
+            self.executor,
+            done=lambda: exp.job_done(self.job_id),
+            work=lambda: exp.run_stage(self.job_id),
+            recorder=exp,
+        )
+
+
+def open_study(folder: Path, workspace: Path) -> Experiment:
+    """A study folder's Experiment, in a process of its own (a worker)."""
+    from cxraug.plugins import build_registry, get_plugin_manager
+
+    ws = Workspace(workspace)
+    run = ExperimentRun(folder)
+    return Experiment(ws, build_registry(get_plugin_manager()), folder, run.settings)

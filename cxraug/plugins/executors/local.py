@@ -89,11 +89,14 @@ def _visible_gpus() -> list[str]:
 
 
 def _context() -> BaseContext:
-    """Jobs fork from a server that imported cxraug and torch once (fast, and fork-safe: the server
-    never ran torch); where there is no fork server, a fresh interpreter per job."""
+    """Jobs fork from a server that imported cxraug, its plugins and torch once (fast, and fork-safe:
+    the server never ran torch); where there is no fork server, a fresh interpreter per job."""
     if "forkserver" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["torch", "cxraug.experiment.worker"])
+        from cxraug.plugins import BUILTIN_PLUGINS
+
+        # what a study job imports anyway (seconds per job otherwise); names that fail are skipped
+        ctx.set_forkserver_preload(["torch", "cxraug.experiment.worker", *BUILTIN_PLUGINS])
         return ctx
     return multiprocessing.get_context("spawn")
 
