@@ -264,7 +264,43 @@ def write_experiment_report(state: dict[str, Any], out_dir: Path) -> tuple[Path,
     ]
     if results["vs_base"]:
         lines += ["", "## Conclusion", ""] + conclusion(results)
+    lines += placement_section(state)
     return write_pair("\n".join(lines) + "\n", out_dir, "cxraug experiment")
+
+
+def placement_section(state: dict[str, Any]) -> list[str]:
+    """Where each job of the study ran and how long it took (from the jobs' own records)."""
+    jobs = state.get("jobs") or {}
+    if not jobs:
+        return []
+    rows = []
+    for job_id, rec in jobs.items():
+        where = str(rec.get("host", "?"))
+        if rec.get("slurm_job_id"):
+            where = f"slurm job {rec['slurm_job_id']} on {rec.get('node', where)}"
+            if rec.get("partition"):
+                where += f" ({rec['partition']})"
+        seconds = rec.get("seconds")
+        rows.append(
+            {
+                "job": job_id,
+                "executor": str(rec.get("executor", "?")),
+                "where": where,
+                "started (UTC)": str(rec.get("started", "")),
+                "time": f"{seconds:.1f} s"
+                if isinstance(seconds, (int, float))
+                else str(rec.get("status", "")),
+                "attempts": str(rec.get("attempts", 1)),
+            }
+        )
+    executors = sorted({r["executor"] for r in rows})
+    total = sum(float(r.get("seconds") or 0) for r in jobs.values())
+    counts = ", ".join(f"{e} ({sum(1 for r in rows if r['executor'] == e)})" for e in executors)
+    retried = sum(1 for r in jobs.values() if int(r.get("attempts", 1)) > 1)
+    summary = f"{len(rows)} jobs ran under {counts}; {total:.1f} s of job time in all"
+    if retried:
+        summary += f"; {retried} needed more than one attempt (interrupted, preempted or failed, then rerun)"
+    return ["", "## Where the jobs ran", "", summary + ".", ""] + table_md(rows)
 
 
 def _mean_sens(summary: dict[str, Any], endpoints: list[str]) -> str:

@@ -1,0 +1,186 @@
+"""`cxraug experiment` through executors: --jobs, options, the job records, a worker killed mid-job."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cxraug.training.runs import latest_checkpoint
+
+TINY = [
+    "--gan",
+    "acgan",
+    "--classifier",
+    "cnn",
+    "--arms",
+    "base,gan",
+    "--gan-seeds",
+    "1",
+    "--synthetic",
+    "8",
+    "--seeds",
+    "2",
+    "--gan-kimg",
+    "0.016",
+    "--seed",
+    "0",
+    "--opt",
+    "gan.latent_dim=8",
+    "--opt",
+    "gan.ngf=8",
+    "--opt",
+    "gan.ndf=8",
+    "--opt",
+    "classifier.input_size=16",
+    "--opt",
+    "classifier.width=4",
+]
+
+
+@pytest.fixture
+def tiny_data(cxraug_cli):
+    args = [
+        "data",
+        "prepare",
+        "phantom",
+        "--size",
+        "16",
+        "--opt",
+        "n_per_class=12",
+        "--opt",
+        "classes=covid,normal",
+    ]
+    assert cxraug_cli(*args).exit_code == 0
+
+
+def _cli(workspace: Path, *args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "CXRAUG_WORKSPACE": str(workspace)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "cxraug", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _results(out: Path) -> dict:
+    return json.loads((out / "experiment.json").read_text())["results"]
+
+
+def test_dry_run_shows_the_jobs_and_the_executor(cxraug_cli, cxraug_workspace, tiny_data) -> None:
+    result = cxraug_cli("experiment", *TINY, "--epochs", "1", "--jobs", "3", "--dry-run")
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    assert plan["jobs"] == {"total": 7, "gan": 1, "data": 1, "classifier": 4, "analysis": 1}
+    assert plan["executor"] == "local, 3 jobs at a time"
+    assert plan["config"]["executor_options"]["jobs"] == 3
+
+
+def test_bad_executor_choices_are_one_line(cxraug_cli, cxraug_workspace, tiny_data, tmp_path) -> None:
+    unknown = cxraug_cli("experiment", *TINY, "--executor", "sge", "--dry-run")
+    assert unknown.exit_code == 2 and "unknown executor 'sge'" in unknown.output and "local" in unknown.output
+    bad_key = cxraug_cli("experiment", *TINY, "--opt", "executor.job=2", "--dry-run")
+    text = " ".join(bad_key.output.split())
+    assert bad_key.exit_code == 2 and "executor.job" in text and "jobs, spread_gpus, threads" in text
+    bad_value = cxraug_cli("experiment", *TINY, "--jobs", "0", "--dry-run")
+    assert bad_value.exit_code == 2 and "jobs" in bad_value.output
+    config = tmp_path / "study.toml"
+    config.write_text('[experiment]\nexecutor = "local"\n\n[executor.local]\njobs = 2\nthreads = 1\n')
+    planned = cxraug_cli("experiment", *TINY, "--config", str(config), "--dry-run")
+    assert planned.exit_code == 0, planned.output
+    assert json.loads(planned.stdout)["config"]["executor_options"] == {
+        "jobs": 2,
+        "threads": 1,
+        "spread_gpus": True,
+    }
+    typo = tmp_path / "typo.toml"
+    typo.write_text("[executor.slurmm]\npartition = 'gpu'\n")
+    refused = cxraug_cli("experiment", *TINY, "--config", str(typo), "--dry-run")
+    assert refused.exit_code == 2 and "executor.slurmm" in refused.output
+
+
+def test_an_interrupted_study_resumes_under_another_executor(
+    cxraug_cli, cxraug_workspace, tiny_data, monkeypatch
+) -> None:
+    from cxraug.training import classifier_trainer
+
+    out = cxraug_workspace.root / "exp"
+    original = classifier_trainer.ClassifierTrainer.train
+    calls = {"n": 0}
+
+    def flaky(self):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(classifier_trainer.ClassifierTrainer, "train", flaky)
+    first = cxraug_cli("experiment", *TINY, "--epochs", "1", "--out", str(out))
+    assert first.exit_code == 130
+    jobs = json.loads((out / "experiment.json").read_text())["jobs"]
+    assert jobs["clf-base-1"]["status"] == "interrupted" and jobs["clf-base-0"]["status"] == "finished"
+    monkeypatch.setattr(classifier_trainer.ClassifierTrainer, "train", original)
+    second = cxraug_cli("experiment", "--resume", "--out", str(out), "--jobs", "2")
+    assert second.exit_code == 0, second.output
+    state = json.loads((out / "experiment.json").read_text())
+    assert state["status"] == "finished"
+    assert state["jobs"]["clf-base-0"]["attempts"] == 1, "a finished job is never rerun"
+    assert state["jobs"]["clf-base-1"]["attempts"] == 2
+    assert state["jobs"]["clf-base-0"]["pid"] != state["jobs"]["clf-gan-g0-0"]["pid"]
+    options = json.loads((out / "options.json").read_text())
+    assert options["config"]["executor_options"]["jobs"] == 2, "the resume's executor is recorded"
+    report = (out / "report.md").read_text()
+    assert "## Where the jobs ran" in report and "| clf-base-1 | local |" in report
+    assert "needed more than one attempt" in report
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_job_resumes_to_the_same_results(cxraug_workspace, tiny_data) -> None:
+    """kill -9 of one job's process: the study stops naming it; --resume gives identical results."""
+    ws = cxraug_workspace.root
+    args = [*TINY, "--epochs", "6", "--jobs", "2"]
+    reference = _cli(ws, "experiment", *args, "--out", str(ws / "ref"))
+    output = reference.communicate(timeout=600)[0]
+    assert reference.returncode == 0, output
+
+    out = ws / "killed"
+    study = _cli(ws, "experiment", *args, "--out", str(out))
+    killed = None
+    deadline = time.monotonic() + 300
+    while killed is None and study.poll() is None and time.monotonic() < deadline:
+        state = (
+            json.loads((out / "experiment.json").read_text()) if (out / "experiment.json").is_file() else {}
+        )
+        for job_id, record in state.get("jobs", {}).items():
+            entry = state.get("runs", {}).get(f"base/{job_id[-1]}") if job_id.startswith("clf-base") else None
+            if (
+                record.get("status") == "running"
+                and entry
+                and latest_checkpoint(Path(entry["run"]) / "checkpoints")
+            ):
+                os.kill(record["pid"], signal.SIGKILL)  # mid-job: after its first checkpoint
+                killed = job_id
+                break
+        time.sleep(0.02)
+    output = study.communicate(timeout=600)[0]
+    assert killed is not None, f"no classifier job was caught running: {output}"
+    assert study.returncode == 2, output
+    assert f"study job {killed}" in output and "killed by signal 9" in output
+
+    resumed = _cli(ws, "experiment", "--resume", "--out", str(out))
+    output = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, output
+    state = json.loads((out / "experiment.json").read_text())
+    assert state["jobs"][killed]["attempts"] == 2
+    mine, ref = _results(out), _results(ws / "ref")
+    for arm in ("base", "gan"):
+        assert mine["arms"][arm]["auc_macro"]["values"] == ref["arms"][arm]["auc_macro"]["values"], arm
+    assert mine["vs_base"] == ref["vs_base"]
