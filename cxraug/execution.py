@@ -116,7 +116,8 @@ def run_graph(
                 if all(d in done for d in job.deps):
                     todo.remove(job)
                     console.print(f"{executor}: starting {job.id} ({job.label or job.kind})", soft_wrap=True)
-                    running[job.id] = _Running(job, launcher.start(job))
+                    started = time.monotonic()
+                    running[job.id] = _Running(job, launcher.start(job), started)
             progressed = False
             for job_id, entry in list(running.items()):
                 code = launcher.poll(entry.handle)
