@@ -371,7 +371,7 @@ def test_experiment_gan_quality_asks_for_both_networks_and_labels_xrv_values(
         features=["inception", "xrv"], xrv_weights=str(weights["state"]), device="cpu"
     )
     exp = Experiment(cxraug_workspace, build_registry(get_plugin_manager()), tmp_path / "study", settings)
-    exp.state["gan_run"] = str(tmp_path / "gan-run")
+    exp.commit(lambda s: s.update(gan_run=str(tmp_path / "gan-run")))
     quality = exp.gan_quality(source=None)  # type: ignore[arg-type]
     assert quality == {
         "fid": 10.0,
@@ -442,7 +442,7 @@ def test_experiment_measures_xrv_when_inception_cannot_be_had(
         features=["inception", "xrv"], xrv_weights=str(weights["state"]), device="cpu"
     )
     exp = Experiment(cxraug_workspace, build_registry(get_plugin_manager()), tmp_path / "study", settings)
-    exp.state["gan_run"] = str(tmp_path / "gan-run")
+    exp.commit(lambda s: s.update(gan_run=str(tmp_path / "gan-run")))
     quality = exp.gan_quality(source=None)  # type: ignore[arg-type]
     assert seen[0].features == ["xrv"]
     assert quality["fid@xrv"] == 3.0 and "fid" not in quality
