@@ -127,6 +127,19 @@ def test_an_interrupted_study_resumes_under_another_executor(
     assert first.exit_code == 130
     jobs = json.loads((out / "experiment.json").read_text())["jobs"]
     assert jobs["clf-base-1"]["status"] == "interrupted" and jobs["clf-base-0"]["status"] == "finished"
+    # a job run by hand: a finished one is a no-op, one whose dependency is not done is refused
+    worker = [sys.executable, "-m", "cxraug.experiment.worker", str(out)]
+    ws = ["--workspace", str(cxraug_workspace.root)]
+    done = subprocess.run([*worker, "clf-base-0", "local", *ws], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    early = subprocess.run([*worker, "clf-gan-g0-0", "local", *ws], capture_output=True, text=True)
+    assert early.returncode == 2 and "needs data-gan-g0 done first" in early.stderr, early.stderr
+    unknown = subprocess.run([*worker, "clf-nope-0", "local", *ws], capture_output=True, text=True)
+    assert (
+        unknown.returncode == 2
+        and "no job 'clf-nope-0'" in unknown.stderr
+        and "Traceback" not in unknown.stderr
+    )
     monkeypatch.setattr(classifier_trainer.ClassifierTrainer, "train", original)
     second = cxraug_cli("experiment", "--resume", "--out", str(out), "--jobs", "2")
     assert second.exit_code == 0, second.output

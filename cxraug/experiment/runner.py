@@ -383,7 +383,7 @@ class Experiment:
         kind, _, rest = job_id.partition("-")
         if kind == "gan":
             finished = state.get("gan_finished") or []
-            k = int(rest)
+            k = int(rest) if rest.isdigit() else len(finished)
             return k < len(finished) and bool(finished[k])
         if kind == "data":
             name = state.get("datasets", {}).get(rest)
@@ -391,14 +391,31 @@ class Experiment:
         if kind == "clf":
             tag, _, seed = rest.rpartition("-")
             arm, g = parse_tag(tag)
+            if not seed.isdigit():
+                return False
             entry = state.get("runs", {}).get(run_key(arm, g, int(seed)))
             return bool(entry) and entry.get("status") == "finished"
         if job_id == "analysis":
             return state.get("status") == "finished" and "results" in state
-        raise KeyError(job_id)
+        return False  # not a job of any study
+
+    def check_ready(self, job_id: str) -> None:
+        """Refuse a job the study does not have, or one whose dependencies are not done."""
+        jobs = study_jobs(self.config, self.ws)
+        job = next((j for j in jobs if j.id == job_id), None)
+        if job is None:
+            known = ", ".join(j.id for j in jobs)
+            raise OptionsError(f"{self.out_dir}: the study has no job {job_id!r} (its jobs: {known})")
+        waiting = [d for d in job.deps if not self.job_done(d)]
+        if waiting:
+            raise OptionsError(
+                f"job {job_id} needs {', '.join(waiting)} done first; run the whole study with "
+                f"`cxraug experiment --resume --out {self.out_dir}`"
+            )
 
     def run_stage(self, job_id: str) -> None:
-        """Do one job of the study (see :func:`study_jobs`) in this process."""
+        """Do one job of the study (see :func:`study_jobs`) in this process, once its deps are done."""
+        self.check_ready(job_id)
         kind, _, rest = job_id.partition("-")
         source = self.source()
         if kind == "gan":
@@ -814,10 +831,14 @@ class StudyJobCall:
         )
 
 
-def open_study(folder: Path, workspace: Path) -> Experiment:
-    """A study folder's Experiment, in a process of its own (a worker)."""
+def open_study(folder: Path, workspace: Path | None) -> Experiment:
+    """A study folder's Experiment, in a process of its own (a worker); workspace None: the default."""
     from cxraug.plugins import build_registry, get_plugin_manager
 
-    ws = Workspace(workspace)
+    if not ExperimentRun.is_run(folder):
+        raise OptionsError(f"{folder}: not an experiment folder (no options.json of `cxraug experiment`)")
+    if workspace is not None and not Path(workspace).is_dir():
+        raise OptionsError(f"--workspace {workspace}: no such folder; give the study's workspace")
+    ws = Workspace.from_option(workspace)
     run = ExperimentRun(folder)
     return Experiment(ws, build_registry(get_plugin_manager()), folder, run.settings)

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 from cxraug.errors import CxrError
-from cxraug.experiment.plan import study_jobs
 from cxraug.experiment.runner import StudyJobCall, open_study
 
 
@@ -22,20 +21,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("study", type=Path, help="the study folder (experiment.json)")
     parser.add_argument("job", help="job id, e.g. gan-0, data-gan-g0, clf-base-3, analysis")
     parser.add_argument("executor", nargs="?", default="local", help="recorded as where the job ran")
-    parser.add_argument("--workspace", type=Path, default=Path("."), help="the cxraug workspace")
+    parser.add_argument(
+        "--workspace",
+        type=Path,
+        default=None,
+        help="the cxraug workspace (default: as the cxraug command finds it)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         exp = open_study(args.study, args.workspace)
-        known = {job.id for job in study_jobs(exp.config, exp.ws)}
-        if args.job not in known:
-            raise CxrError(
-                f"{args.study}: no job {args.job!r} in this study (jobs: {', '.join(sorted(known))})"
-            )
+        if not exp.job_done(args.job):
+            exp.check_ready(args.job)
     except CxrError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    call = StudyJobCall(str(args.study), args.job, args.executor, str(args.workspace), exp)
+    call = StudyJobCall(str(args.study), args.job, args.executor, str(exp.ws.root), exp)
     code = call()
     if code == 2:
         print(f"error: {exp.job_record(args.job).get('error')}", file=sys.stderr)
