@@ -140,6 +140,13 @@ def test_an_interrupted_study_resumes_under_another_executor(
         and "no job 'clf-nope-0'" in unknown.stderr
         and "Traceback" not in unknown.stderr
     )
+    for bogus in ("gan-x", "nonsense"):
+        refused = subprocess.run([*worker, bogus, "local", *ws], capture_output=True, text=True)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+    elsewhere = subprocess.run(
+        [*worker, "analysis", "local", "--workspace", "/nonexistent"], capture_output=True
+    )
+    assert elsewhere.returncode == 2
     monkeypatch.setattr(classifier_trainer.ClassifierTrainer, "train", original)
     second = cxraug_cli("experiment", "--resume", "--out", str(out), "--jobs", "2")
     assert second.exit_code == 0, second.output
