@@ -218,3 +218,30 @@ def test_scancel_stops_the_study_as_interrupted(slurm_cluster: str, tmp_path: Pa
     assert not thread.is_alive() and len(errors) == 1 and isinstance(errors[0], KeyboardInterrupt), errors
     assert plan.job_record("gan-0")["status"] == "interrupted" and plan.ran() == []
     assert "was cancelled (scancel)" in plan.log_path("gan-0").read_text(encoding="utf-8")
+
+
+@pytest.mark.slow
+@needs_submitit
+def test_refused_submission_says_why(slurm_cluster: str, tmp_path: Path) -> None:
+    plan = ToyPlan.create(tmp_path / "study", [ExecJob("gan-0", "gan", (), "train generator")])
+    with pytest.raises(CxrError) as err:
+        SlurmExecutor(slurm_options(partition="no-such-partition")).run(plan)
+    message = str(err.value)
+    assert "gan-0: submission refused" in message and "invalid partition" in message.lower()
+    assert "executor.partition" in message and "\n" not in message
+
+
+@pytest.mark.slow
+@needs_submitit
+def test_job_the_partition_cannot_run_is_reported(slurm_cluster: str, tmp_path: Path) -> None:
+    plan = ToyPlan.create(tmp_path / "study", [ExecJob("gan-0", "gan", (), "train generator")])
+    thread, errors = run_in_thread(SlurmExecutor(slurm_options(gan_cpus=1024)), plan)
+    log_path, deadline = plan.log_path("gan-0"), time.monotonic() + WAIT_S
+    while "waits: PartitionConfig" not in (log_path.read_text() if log_path.is_file() else ""):
+        assert time.monotonic() < deadline and thread.is_alive(), errors
+        time.sleep(0.2)
+    assert "check executor.partition, executor.gan_*" in log_path.read_text()
+    job_id = log_path.read_text().split("submitted as Slurm job ")[1].split()[0]
+    subprocess.run(["scancel", job_id], check=True)
+    thread.join(WAIT_S)
+    assert not thread.is_alive() and len(errors) == 1 and isinstance(errors[0], KeyboardInterrupt), errors

@@ -47,6 +47,17 @@ STATE_HINTS = {
     "PREEMPTED": "preempted and not requeued",
     "DEADLINE": "its deadline passed",
 }
+#: Why a pending job may wait for ever (Slurm keeps it queued unless EnforcePartLimits says otherwise).
+STUCK_REASONS = frozenset(
+    {
+        "PartitionConfig",
+        "PartitionNodeLimit",
+        "PartitionTimeLimit",
+        "BadConstraints",
+        "InvalidAccount",
+        "InvalidQOS",
+    }
+)
 #: sbatch parameters the executor sets itself: logs must stay where the launcher reads them.
 RESERVED_SBATCH = frozenset({"output", "error", "open-mode", "array", "wrap", "parsable"})
 #: Seconds to wait for a finished job's result file (a shared filesystem may show it late).
@@ -103,6 +114,10 @@ class SlurmOptions(PluginOptions):
                 raise ValueError(f"{key!r} is not an sbatch option name (e.g. mail-type)")
             if name in RESERVED_SBATCH:
                 raise ValueError(f"--{name} is set by cxraug (job logs go to STUDY/jobs/slurm)")
+            if value[key] is False:
+                raise ValueError(
+                    f"{key} = false: true gives the bare flag --{name}; to leave it out, remove the key"
+                )
         return value
 
     def resources(self, kind: str) -> Resources:
@@ -167,7 +182,8 @@ class _Submitted:
     sub: submitit.Job[int]
     #: When squeue and sacct both stopped knowing the job (None while one of them knows it).
     unknown_since: float | None = None
-    states: list[str] = field(default_factory=list)
+    #: Pending reasons already reported (each once).
+    reported: set[str] = field(default_factory=set)
 
 
 class _SubmititLauncher:
@@ -248,6 +264,15 @@ class _SubmititLauncher:
         state = self.queue.state(sub.job_id)
         if state is None:
             return None
+        reason = self.queue.reasons.get(sub.job_id, "")
+        if state == "PENDING" and _stuck(reason) and reason not in handle.reported:
+            handle.reported.add(reason)
+            note = (
+                f"Slurm job {sub.job_id} waits: {reason} (the partition cannot run what it asks for; "
+                f"check executor.partition, executor.{handle.job.kind}_* and executor.sbatch, or scancel it)"
+            )
+            self._note(handle.job, note)
+            console.print(f"slurm: {handle.job.id}: {note}", soft_wrap=True)
         if state == "":  # squeue no longer lists it: ask the accounting database, if there is one
             state = sub.watcher.get_state(sub.job_id, mode="force").split(" ")[0]
         if state and state != "UNKNOWN":
@@ -264,6 +289,7 @@ class _SubmititLauncher:
 
     def _finish(self, handle: _Submitted, state: str) -> int:
         job, sub = handle.job, handle.sub
+        self.queue.forget(sub.job_id)
         outcome, value = self._result(sub, state)
         note = None
         if outcome == "success" and isinstance(value, int) and not isinstance(value, bool):
@@ -276,6 +302,9 @@ class _SubmititLauncher:
         elif outcome == "error":
             code = 1
             note = f"the job raised an error outside the study job:\n{value}"
+        elif state == "CANCELLED":  # scancel before the job could record anything (still pending)
+            code = JOB_INTERRUPTED_EXIT
+            note = f"Slurm job {sub.job_id} was cancelled (scancel); the study stops as if interrupted"
         else:
             code = 1
             where = "submitit local" if self.local else "Slurm"
@@ -345,6 +374,7 @@ class _QueueStates:
         self.min_interval_s = min_interval_s
         self.ids: set[str] = set()
         self.states: dict[str, str] | None = None
+        self.reasons: dict[str, str] = {}
         self.last = float("-inf")
 
     def state(self, job_id: str) -> str | None:
@@ -353,21 +383,28 @@ class _QueueStates:
             self.ids.add(job_id)
             self.last = float("-inf")
         if time.monotonic() - self.last >= self.min_interval_s:
-            self.states = _squeue(sorted(self.ids))
+            listed = _squeue(sorted(self.ids))
             self.last = time.monotonic()
-            if self.states is not None:
-                # Finished jobs need no more asking; running ones stay.
-                self.ids -= {j for j, s in self.states.items() if s and s not in ACTIVE_STATES}
-                self.ids.add(job_id)
+            self.states = None if listed is None else {j: state for j, (state, _) in listed.items()}
+            self.reasons = {} if listed is None else {j: reason for j, (_, reason) in listed.items()}
         if self.states is None:
             return None
         return self.states.get(job_id, "")
 
+    def forget(self, job_id: str) -> None:
+        """The job has ended: stop asking about it."""
+        self.ids.discard(job_id)
 
-def _squeue(ids: list[str]) -> dict[str, str] | None:
+
+def _stuck(reason: str) -> bool:
+    return reason in STUCK_REASONS or (reason.startswith("QOSMax") and "PerJob" in reason)
+
+
+def _squeue(ids: list[str]) -> dict[str, tuple[str, str]] | None:
+    """{job id: (state, pending reason)} of the listed jobs squeue knows; None when squeue failed."""
     try:
         proc = subprocess.run(
-            ["squeue", "--noheader", "--states=all", "--jobs", ",".join(ids), "--format=%i|%T"],
+            ["squeue", "--noheader", "--states=all", "--jobs", ",".join(ids), "--format=%i|%T|%r"],
             capture_output=True,
             text=True,
             timeout=60,
@@ -377,11 +414,12 @@ def _squeue(ids: list[str]) -> dict[str, str] | None:
     if proc.returncode != 0:
         # Every id unknown (aged out of slurmctld) is an answer; anything else is a passing failure.
         return {} if "Invalid job id" in proc.stderr else None
-    states: dict[str, str] = {}
+    states: dict[str, tuple[str, str]] = {}
     for line in proc.stdout.splitlines():
-        job_id, _, state = line.strip().partition("|")
+        job_id, _, rest = line.strip().partition("|")
+        state, _, reason = rest.partition("|")
         if job_id:
-            states[job_id] = state.strip()
+            states[job_id] = (state.strip(), reason.strip())
     return states
 
 
