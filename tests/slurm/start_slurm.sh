@@ -41,10 +41,8 @@ if [ -f "$CONF" ] && command -v scontrol >/dev/null 2>&1 && scontrol ping 2>/dev
     exit 0
 fi
 
-[ "$(id -u)" = 0 ] || fail "needs root (slurmd runs jobs as their users); run as root or set SLURM_CONF to an existing cluster"
-
 if ! command -v slurmctld >/dev/null 2>&1 || ! command -v slurmd >/dev/null 2>&1 || ! command -v munged >/dev/null 2>&1; then
-    if command -v apt-get >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         # Bounded and quiet: CI on a fresh Debian/Ubuntu machine gets the packages, others skip.
         timeout 600 bash -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge' \
             >"${TMPDIR:-/tmp}/cxraug-slurm-apt.log" 2>&1 \
@@ -53,6 +51,8 @@ if ! command -v slurmctld >/dev/null 2>&1 || ! command -v slurmd >/dev/null 2>&1
     command -v slurmctld >/dev/null 2>&1 && command -v slurmd >/dev/null 2>&1 && command -v munged >/dev/null 2>&1 \
         || fail "slurmctld, slurmd or munged not installed (Debian/Ubuntu: apt-get install slurm-wlm munge)"
 fi
+
+[ "$(id -u)" = 0 ] || fail "needs root to start (slurmd runs jobs as their users); once root has started it, other users can submit"
 
 # Stop what an earlier, half-started attempt left running (our own pid files only).
 "$(dirname "$0")/stop_slurm.sh" >/dev/null 2>&1

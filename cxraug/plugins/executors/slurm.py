@@ -224,13 +224,15 @@ class _SubmititLauncher:
         return slurm
 
     def start(self, job: ExecJob) -> _Submitted:
+        from submitit.core.utils import FailedJobError, FailedSubmissionError
+
         from cxraug.plugins.executors._submitit_job import SubmititJobCall
 
         res = self.options.resources(job.kind)
         call = SubmititJobCall(self.plan.call(job.id, "slurm"), threads=res.cpus)
         try:
             sub = self._executor(job, res).submit(call)
-        except Exception as exc:  # sbatch refused the job: say why, on one line
+        except (FailedJobError, FailedSubmissionError, OSError) as exc:  # sbatch refused it: say why
             reason = " ".join(str(exc).split())
             raise CxrError(
                 f"study job {job.id}: submission refused: {reason}; check executor.partition, "
