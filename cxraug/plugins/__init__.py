@@ -60,6 +60,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "cxraug.plugins.loggers.tensorboard",
     "cxraug.plugins.loggers.mlflow",
     "cxraug.plugins.executors.local",
+    "cxraug.plugins.executors.slurm",
 )
 
 #: Which hook fills which registry kind.
