@@ -204,3 +204,40 @@ def test_a_worker_killed_mid_job_resumes_to_the_same_results(cxraug_workspace, t
     for arm in ("base", "gan"):
         assert mine["arms"][arm]["auc_macro"]["values"] == ref["arms"][arm]["auc_macro"]["values"], arm
     assert mine["vs_base"] == ref["vs_base"]
+
+
+@pytest.mark.slow
+def test_a_study_on_real_slurm_matches_the_local_run(cxraug_workspace, tiny_data, slurm_cluster) -> None:
+    """The same tiny study under local --jobs 2 and on a real Slurm: identical results (one thread
+    per job in both), every job recorded with its Slurm job id, its log in the study folder."""
+    ws = cxraug_workspace.root
+    args = [*TINY, "--arms", "base,gan", "--seeds", "1", "--epochs", "1"]
+    local = _cli(ws, "experiment", *args, "--jobs", "2", "--out", str(ws / "local"))
+    assert local.wait(timeout=600) == 0, local.communicate()[0]
+    small = [
+        f"--opt=executor.{kind}_{key}"
+        for kind in ("gan", "data", "classifier", "analysis")
+        for key in ("cpus=1", "mem_gb=1", "time_min=10")
+    ]
+    on_slurm = _cli(
+        ws,
+        "experiment",
+        *args,
+        "--executor",
+        "slurm",
+        "--opt",
+        "executor.poll_s=0.3",
+        *small,
+        "--out",
+        str(ws / "slurm"),
+    )
+    output = on_slurm.communicate(timeout=600)[0]
+    assert on_slurm.returncode == 0, output
+    state = json.loads((ws / "slurm" / "experiment.json").read_text())
+    assert {rec["executor"] for rec in state["jobs"].values()} == {"slurm"}
+    assert all(rec.get("slurm_job_id") for rec in state["jobs"].values())
+    assert "| slurm | slurm job " in (ws / "slurm" / "report.md").read_text()
+    assert "experiment: base/0" in (ws / "slurm" / "jobs" / "clf-base-0.log").read_text()
+    mine, ref = _results(ws / "slurm"), _results(ws / "local")
+    for arm in ("base", "gan"):
+        assert mine["arms"][arm]["auc_macro"]["values"] == ref["arms"][arm]["auc_macro"]["values"], arm
