@@ -96,26 +96,32 @@ def run_graph(
     total = len(todo)
     if not todo:
         return
-    console.print(f"{executor}: {total} of {len(plan.jobs)} jobs to run", soft_wrap=True)
+    say(f"{executor}: {total} of {len(plan.jobs)} jobs to run")
     running: dict[str, _Running] = {}
-    elsewhere: dict[str, ExecJob] = {}  # busy: another executor holds the job's lock
+    # busy: another process holds the job's lock; look again at these times (the holder may die
+    # without finishing it, and then the job is ours to run)
+    elsewhere: dict[str, tuple[ExecJob, float]] = {}
+    told: set[str] = set()
+    busy_backoff: dict[str, float] = {}
     finished = 0
     try:
         while todo or running or elsewhere:
-            for job_id in list(elsewhere):
+            for job_id, (job, retry_at) in list(elsewhere.items()):
                 if plan.done(job_id):
                     del elsewhere[job_id]
                     done.add(job_id)
                     finished += 1
-                    console.print(
-                        f"{executor}: {job_id} finished elsewhere ({finished}/{total})", soft_wrap=True
-                    )
+                    say(f"{executor}: {job_id} finished elsewhere ({finished}/{total})")
+                elif time.monotonic() >= retry_at:
+                    del elsewhere[job_id]
+                    todo.insert(0, job)
             for job in list(todo):
                 if max_parallel is not None and len(running) >= max_parallel:
                     break
                 if all(d in done for d in job.deps):
                     todo.remove(job)
-                    console.print(f"{executor}: starting {job.id} ({job.label or job.kind})", soft_wrap=True)
+                    if job.id not in told:
+                        say(f"{executor}: starting {job.id} ({job.label or job.kind})")
                     started = time.monotonic()
                     running[job.id] = _Running(job, launcher.start(job), started)
             progressed = False
@@ -129,15 +135,14 @@ def run_graph(
                 if code == 0 and plan.done(job_id):
                     done.add(job_id)
                     finished += 1
-                    console.print(
-                        f"{executor}: {job_id} done in {seconds:.1f} s ({finished}/{total})", soft_wrap=True
-                    )
+                    say(f"{executor}: {job_id} done in {seconds:.1f} s ({finished}/{total})")
                 elif code == JOB_BUSY_EXIT:
-                    console.print(
-                        f"{executor}: {job_id} is running under another executor; waiting for it",
-                        soft_wrap=True,
-                    )
-                    elsewhere[job_id] = entry.job
+                    if job_id not in told:
+                        say(f"{executor}: {job_id} is running under another process; waiting for it")
+                        told.add(job_id)
+                    backoff = min(BUSY_RETRY_MAX_S, 2 * busy_backoff.get(job_id, BUSY_RETRY_S / 2))
+                    busy_backoff[job_id] = backoff
+                    elsewhere[job_id] = (entry.job, time.monotonic() + backoff)
                 elif code == JOB_INTERRUPTED_EXIT:
                     raise KeyboardInterrupt
                 else:
@@ -156,15 +161,27 @@ def run_graph(
         raise
 
 
+#: A job held elsewhere is tried again after this long, then twice as long each time, up to the max.
+BUSY_RETRY_S = 2.0
+BUSY_RETRY_MAX_S = 60.0
+
+
+def say(line: str) -> None:
+    console.print(line, soft_wrap=True, highlight=False, markup=False)
+
+
 def _failed(plan: ExecPlan, job: ExecJob, code: int) -> JobFailedError:
     reason = plan.failure(job.id)
     how = f"exit code {code}" if code >= 0 else f"killed by signal {-code}"
     if code == 0:
         how = "it ended without recording its result"
     detail = f": {reason}" if reason else ""
+    log_path = plan.log_path(job.id)
+    logged = log_path.is_file() and log_path.stat().st_size > 0
+    where = f"its log: {log_path}" if logged else "its output is above"
     return JobFailedError(
         f"study job {job.id} ({job.label or job.kind}) failed ({how}){detail}; "
-        f"its log: {plan.log_path(job.id)}. Running the study again (--resume) continues where it stopped",
+        f"{where}. Running the study again (--resume) continues where it stopped",
         job.id,
     )
 
@@ -251,24 +268,32 @@ class JobRecorder(Protocol):
 
 
 @contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM (an executor cancelling, Slurm preempting) stops the job like Ctrl-C does."""
+def _interrupts_once() -> Iterator[None]:
+    """SIGTERM (an executor cancelling, Slurm preempting) stops the job as Ctrl-C does; the first
+    of either raises KeyboardInterrupt, later ones are ignored until the job has recorded how it
+    ended (an executor's SIGTERM right after the terminal's SIGINT must not cut that short)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    fired = False
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
+        nonlocal fired
+        if not fired:
+            fired = True
+            raise KeyboardInterrupt
 
+    previous: dict[signal.Signals, Any] = {}
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, handler)
     except (ValueError, OSError):
-        yield
-        return
+        pass
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, old in previous.items():
+            signal.signal(signum, old)
 
 
 def run_job_locked(
@@ -314,20 +339,20 @@ def run_job_locked(
             fields["seconds"] = round(time.monotonic() - started, 3)
             recorder.update_job_record(job_id, fields)
 
-        try:
-            with _sigterm_interrupts():
+        with _interrupts_once():
+            try:
                 work()
-        except (KeyboardInterrupt, TrainingInterruptedError):
-            ended("interrupted")
-            return JOB_INTERRUPTED_EXIT
-        except CxrError as exc:
-            ended("failed", str(exc))
-            return 2
-        except Exception as exc:
-            traceback.print_exc()
-            ended("failed", f"{type(exc).__name__}: {exc}")
-            return 1
-        ended("finished")
+            except (KeyboardInterrupt, TrainingInterruptedError):
+                ended("interrupted")
+                return JOB_INTERRUPTED_EXIT
+            except CxrError as exc:
+                ended("failed", str(exc))
+                return 2
+            except Exception as exc:
+                traceback.print_exc()
+                ended("failed", f"{type(exc).__name__}: {exc}")
+                return 1
+            ended("finished")
         return 0
     finally:
         lock.release()

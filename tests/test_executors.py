@@ -63,6 +63,23 @@ def test_a_job_whose_lock_is_held_elsewhere_is_waited_for_not_run(tmp_path: Path
     assert [(r["id"], r["executor"]) for r in plan.ran()] == [("a", "other"), ("b", "local")]
 
 
+def test_a_job_whose_holder_dies_unfinished_is_run_here(tmp_path: Path) -> None:
+    plan = ToyPlan.create(tmp_path, [ExecJob("a", "gan"), ExecJob("b", "classifier", ("a",))], sleep_s=0.0)
+    lock = RunLock(tmp_path / "job a", lock_file=jobs_dir(tmp_path) / "a.lock").acquire()
+
+    import threading
+
+    def holder_goes_away() -> None:
+        time.sleep(0.5)
+        lock.release()  # without having run the job
+
+    thread = threading.Thread(target=holder_goes_away)
+    thread.start()
+    LocalExecutor(LocalOptions()).run(plan)
+    thread.join()
+    assert [(r["id"], r["executor"]) for r in plan.ran()] == [("a", "local"), ("b", "local")]
+
+
 def test_two_executors_on_one_plan_never_run_a_job_twice(tmp_path: Path) -> None:
     plan = ToyPlan.create(tmp_path / "toy", sleep_s=0.4)
     script = textwrap.dedent(
@@ -85,7 +102,7 @@ def test_two_executors_on_one_plan_never_run_a_job_twice(tmp_path: Path) -> None
     assert [p.returncode for p in procs] == [0, 0], outputs
     ran = [r["id"] for r in plan.ran()]
     assert sorted(ran) == sorted(j.id for j in diamond_jobs()), "every job exactly once"
-    assert "running under another executor" in "".join(outputs)
+    assert "running under another process" in "".join(outputs)
 
 
 def test_a_failure_stops_the_run_names_the_job_and_its_log(tmp_path: Path) -> None:

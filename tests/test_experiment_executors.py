@@ -147,6 +147,12 @@ def test_an_interrupted_study_resumes_under_another_executor(
         [*worker, "analysis", "local", "--workspace", "/nonexistent"], capture_output=True
     )
     assert elsewhere.returncode == 2
+    other = cxraug_workspace.root.parent / "other-workspace"
+    other.mkdir()
+    wrong = subprocess.run(
+        [*worker, "clf-base-0", "local", "--workspace", str(other)], capture_output=True, text=True
+    )
+    assert wrong.returncode == 2 and f"--workspace {cxraug_workspace.root}" in wrong.stderr, wrong.stderr
     monkeypatch.setattr(classifier_trainer.ClassifierTrainer, "train", original)
     second = cxraug_cli("experiment", "--resume", "--out", str(out), "--jobs", "2")
     assert second.exit_code == 0, second.output
@@ -156,7 +162,8 @@ def test_an_interrupted_study_resumes_under_another_executor(
     assert state["jobs"]["clf-base-1"]["attempts"] == 2
     assert state["jobs"]["clf-base-0"]["pid"] != state["jobs"]["clf-gan-g0-0"]["pid"]
     options = json.loads((out / "options.json").read_text())
-    assert options["config"]["executor_options"]["jobs"] == 2, "the resume's executor is recorded"
+    assert options["config"]["jobs"] == 2, "the resume's --jobs is recorded"
+    assert state["config"]["jobs"] == 2, "experiment.json holds the settings as resumed"
     report = (out / "report.md").read_text()
     assert "## Where the jobs ran" in report and "| clf-base-1 | local |" in report
     assert "needed more than one attempt" in report

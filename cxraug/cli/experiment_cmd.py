@@ -167,7 +167,7 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
         if logger_options:
             flags["logger_options"] = logger_options
         chosen = executor or loaded.get("experiment", {}).get("executor")
-        executor_options = executor_flags(ctx, chosen, loaded, opts.get("executor"), jobs)
+        executor_options = executor_flags(chosen, loaded, opts.get("executor"))
         if executor_options is not None:
             flags["executor_options"] = executor_options
         built = build_settings(ExperimentSettings, flags=flags, config=loaded)
@@ -184,21 +184,13 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
             _show(outcome.run, outcome.run.state()["results"])
 
 
-def executor_flags(
-    ctx: AppContext, chosen: str | None, config: dict[str, Any], opts: Any, jobs: int | None
-) -> dict[str, Any] | None:
-    """The executor's options from ``[executor.NAME]``, ``--opt executor.KEY=V`` and ``--jobs``
-    (None when none was given, so a resume keeps the recorded ones)."""
+def executor_flags(chosen: str | None, config: dict[str, Any], opts: Any) -> dict[str, Any] | None:
+    """The executor's options from ``[executor.NAME]`` and ``--opt executor.KEY=V`` (None when none
+    was given and no executor chosen, so a resume keeps the recorded ones)."""
     if opts is not None and not isinstance(opts, dict):
         raise OptionsError("--opt executor=...: give the executor's options as --opt executor.KEY=VALUE")
     name = chosen or "local"
     merged = {**config.get("executor", {}).get(name, {}), **(opts or {})}
-    if jobs is not None:
-        fields = ctx.registry.executor(name).Options.model_fields
-        key = "jobs" if "jobs" in fields else "max_parallel" if "max_parallel" in fields else None
-        if key is None:
-            raise OptionsError(f"--jobs: executor {name!r} has no jobs or max_parallel option; leave it out")
-        merged[key] = jobs
     return merged if (merged or chosen is not None) else None
 
 

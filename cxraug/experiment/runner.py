@@ -82,8 +82,13 @@ class ExperimentSettings(TrackedSettings):
             "logger_options",
             "executor",
             "executor_options",
+            "jobs",
         }
     )
+    flag_names: ClassVar[dict[str, str]] = {
+        **TrackedSettings.flag_names,
+        "executor_options": "--opt executor.KEY=VALUE",
+    }
 
     data: str | None = None
     gan: str | None = None  # architecture to train, or an existing GAN run
@@ -120,6 +125,8 @@ class ExperimentSettings(TrackedSettings):
     executor: str = "local"
     #: The executor's options (``--jobs``, ``--opt executor.KEY=VALUE``, ``[executor.NAME]``).
     executor_options: dict[str, Any] = {}
+    #: ``--jobs N``: the executor's ``jobs`` (local) or ``max_parallel`` option.
+    jobs: int | None = Field(None, ge=1, le=100_000)
 
     @field_validator("arms")
     @classmethod
@@ -223,6 +230,15 @@ class ExperimentJob(Job[ExperimentSettings, ExperimentRun]):
         clf_job._datasets = self._datasets
         clf_job.resolve(classifier_stage_settings(settings, dataset, 0))
 
+    def adjust_resume(self, recorded: ExperimentSettings, wanted: dict[str, Any]) -> dict[str, Any]:
+        """Executor options given on resume add to the recorded ones (same executor) or replace them."""
+        if "executor_options" in wanted and wanted.get("executor", recorded.executor) == recorded.executor:
+            wanted = {
+                **wanted,
+                "executor_options": {**recorded.executor_options, **wanted["executor_options"]},
+            }
+        return wanted
+
     def check(self, settings: ExperimentSettings) -> None:
         super().check(settings)
         resolve_executor(self.registry, settings)  # its package is installed here (also on resume)
@@ -257,6 +273,7 @@ class ExperimentJob(Job[ExperimentSettings, ExperimentRun]):
         from cxraug.experiment.report import write_experiment_report
 
         exp = Experiment(self.ws, self.registry, run.path, settings)
+        exp.commit(lambda s: s.update(config=settings.model_dump(mode="json")))  # as resumed
         executor = resolve_executor(self.registry, settings)
         plan = StudyPlan(self.ws, run.path, settings, local=exp)
         console.print(
@@ -751,14 +768,23 @@ def resolve_executor(registry: Registry, settings: ExperimentSettings) -> Execut
 
     cls = registry.executor(settings.executor)
     options = dict(settings.executor_options)
+    fields = cls.Options.model_fields
+    if settings.jobs is not None:
+        key = "jobs" if "jobs" in fields else "max_parallel" if "max_parallel" in fields else None
+        if key is None:
+            raise OptionsError(
+                f"--jobs: executor {cls.name!r} has no jobs or max_parallel option; leave it out"
+            )
+        options[key] = settings.jobs
     try:
         opts = cls.Options(**options)
     except ValidationError as exc:
-        valid = ", ".join(sorted(cls.Options.model_fields))
+        valid = ", ".join(sorted(fields))
         first = exc.errors()[0]
         key = ".".join(str(p) for p in first["loc"]) or "?"
         raise OptionsError(
-            f"--opt executor.{key}: {first['msg']} (executor {cls.name!r} takes: {valid})"
+            f"executor {cls.name!r} option {key}: {first['msg']} (from --opt executor.{key} or the "
+            f"[executor.{cls.name}] table of --config; {cls.name} takes: {valid})"
         ) from None
     cls.check_available(opts)
     return cls(opts)
@@ -841,4 +867,11 @@ def open_study(folder: Path, workspace: Path | None) -> Experiment:
         raise OptionsError(f"--workspace {workspace}: no such folder; give the study's workspace")
     ws = Workspace.from_option(workspace)
     run = ExperimentRun(folder)
+    recorded = run.record.dataset
+    here = ws.dataset_dir(str(run.settings.data))
+    if recorded is not None and Path(recorded.path).resolve() != here.resolve():
+        raise OptionsError(
+            f"{folder}: this study's data is {recorded.path}, not in workspace {ws.root}; pass "
+            f"--workspace {Path(recorded.path).parent.parent}"
+        )
     return Experiment(ws, build_registry(get_plugin_manager()), folder, run.settings)

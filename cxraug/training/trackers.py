@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import field_validator
@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 class TrackedSettings(Settings):
     """Settings of a command that takes ``--logger NAME`` (repeatable) and ``--logger-opt NAME.KEY=V``."""
+
+    flag_names: ClassVar[dict[str, str]] = {"loggers": "--logger", "logger_options": "--logger-opt"}
 
     loggers: NameList = []
     #: Options by logger name, as given (``[logger.NAME]`` tables, ``--logger-opt``).

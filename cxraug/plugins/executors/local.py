@@ -23,13 +23,18 @@ CANCEL_GRACE_S = 30.0
 
 
 class LocalOptions(PluginOptions):
-    #: Jobs at once. 1 runs them one by one in this process (the default); more start one
-    #: process per job (a kill or crash of one job leaves the others running).
-    jobs: int = Field(1, ge=1, le=256)
-    #: CPU threads per job (torch and OpenMP); default: this machine's cores divided among the jobs.
-    threads: int | None = Field(None, ge=1, le=4096)
-    #: With --jobs > 1 and CUDA: give the jobs the visible GPUs in turn (job i gets GPU i mod n).
-    spread_gpus: bool = True
+    jobs: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="jobs at once: 1 runs them one by one in this process; more start a process per job",
+    )
+    threads: int | None = Field(
+        None, ge=1, le=4096, description="CPU threads per job (default: this machine's cores / jobs)"
+    )
+    spread_gpus: bool = Field(
+        True, description="with jobs > 1 and CUDA, job slot i gets visible GPU i mod (number of GPUs)"
+    )
 
 
 class LocalExecutor(Executor[LocalOptions]):
