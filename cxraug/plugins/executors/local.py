@@ -6,6 +6,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.context import BaseContext
@@ -142,22 +143,26 @@ class _Processes:
         return code
 
     def cancel(self, handle: _Child) -> None:
+        """SIGTERM: the job records itself interrupted; ``close`` waits for all of them together."""
         process = handle.process
         if process.exitcode is None and process.pid is not None:
             try:
                 os.kill(process.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-        process.join(CANCEL_GRACE_S)
-        if process.exitcode is None:
-            process.kill()
-            process.join()
-        self.slots.discard(handle.slot)
 
     def close(self) -> None:
+        """Wait for the jobs still running (after a cancel) up to the grace time, then kill them."""
+        deadline = time.monotonic() + CANCEL_GRACE_S
         for child in self.children:
             if child.process.exitcode is None:
                 self.cancel(child)
+        for child in self.children:
+            child.process.join(max(0.0, deadline - time.monotonic()))
+            if child.process.exitcode is None:
+                child.process.kill()
+                child.process.join()
+            self.slots.discard(child.slot)
 
 
 def _child_main(call: Callable[[], int], log_path: str, env: dict[str, str], threads: int) -> None:
