@@ -268,7 +268,7 @@ class JobRecorder(Protocol):
 
 
 @contextmanager
-def _interrupts_once() -> Iterator[None]:
+def interrupts_once() -> Iterator[None]:
     """SIGTERM (an executor cancelling, Slurm preempting) stops the job as Ctrl-C does; the first
     of either raises KeyboardInterrupt, later ones are ignored until the job has recorded how it
     ended (an executor's SIGTERM right after the terminal's SIGINT must not cut that short)."""
@@ -339,7 +339,7 @@ def run_job_locked(
             fields["seconds"] = round(time.monotonic() - started, 3)
             recorder.update_job_record(job_id, fields)
 
-        with _interrupts_once():
+        with interrupts_once():
             try:
                 work()
             except (KeyboardInterrupt, TrainingInterruptedError):

@@ -248,3 +248,25 @@ def test_a_study_on_real_slurm_matches_the_local_run(cxraug_workspace, tiny_data
     mine, ref = _results(ws / "slurm"), _results(ws / "local")
     for arm in ("base", "gan"):
         assert mine["arms"][arm]["auc_macro"]["values"] == ref["arms"][arm]["auc_macro"]["values"], arm
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_coordinator_stops_the_study_as_ctrl_c_does(cxraug_workspace, tiny_data) -> None:
+    ws = cxraug_workspace.root
+    out = ws / "study"
+    study = _cli(ws, "experiment", *TINY, "--epochs", "6", "--jobs", "2", "--out", str(out))
+    running = None
+    deadline = time.monotonic() + 300
+    while running is None and study.poll() is None and time.monotonic() < deadline:
+        state = (
+            json.loads((out / "experiment.json").read_text()) if (out / "experiment.json").is_file() else {}
+        )
+        running = next((j for j, r in state.get("jobs", {}).items() if r.get("status") == "running"), None)
+        time.sleep(0.05)
+    assert running is not None, study.communicate()[0]
+    study.send_signal(signal.SIGTERM)
+    output = study.communicate(timeout=120)[0]
+    assert study.returncode == 130, output
+    assert json.loads((out / "options.json").read_text())["status"] == "interrupted"
+    record = json.loads((out / "experiment.json").read_text())["jobs"][running]
+    assert record["status"] in ("interrupted", "finished"), record

@@ -18,7 +18,7 @@ from cxraug.data.augment import AugmentStep, augment_dataset, balanced_counts
 from cxraug.data.prepared import PreparedDataset
 from cxraug.devices import pick_device
 from cxraug.errors import CxrError, DataError, OptionsError
-from cxraug.execution import jobs_dir, read_json, run_job_locked, update_json
+from cxraug.execution import interrupts_once, jobs_dir, read_json, run_job_locked, update_json
 from cxraug.experiment import stats
 from cxraug.experiment.plan import cell_tag, gan_is_run, parse_tag, run_key, study_jobs
 from cxraug.interfaces import JOB_KINDS, AugmentServices, DistContext, ExecJob, Executor
@@ -284,7 +284,8 @@ class ExperimentJob(Job[ExperimentSettings, ExperimentRun]):
         # the study's own stream: its options, then each arm's test results; every GAN and
         # classifier run of the study logs its own rows to the same loggers
         with self.trackers(run, settings, dist).open(run.path, run.name) as trackers:
-            executor.run(plan)
+            with interrupts_once():  # SIGTERM to the coordinator stops the study as Ctrl-C does
+                executor.run(plan)
             exp.reload()
             trackers.log_scalars(1, arm_results(exp.state["results"]))
         write_experiment_report(exp.state, run.path)
