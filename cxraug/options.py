@@ -70,8 +70,8 @@ def load_config(path: Path | None) -> dict[str, Any]:
         for name, table in data.get(kind, {}).items():
             if not isinstance(table, dict):
                 raise OptionsError(
-                    f"{path}: {kind}.{name} = {table!r}: plugin options go in a table, e.g. "
-                    f"[{kind}.{name}] with one KEY = VALUE per line"
+                    f"{path}: {kind}.{name} = {table!r}: plugin options go in a [{kind}.PLUGIN] table "
+                    f"(PLUGIN: its name, see `cxraug plugins list --kind {kind}`), one KEY = VALUE per line"
                 )
     for section in COMMAND_SECTIONS:
         arch = data.get(section, {}).get("arch")

@@ -105,6 +105,10 @@ def test_bad_executor_choices_are_one_line(cxraug_cli, cxraug_workspace, tiny_da
     typo.write_text("[executor.slurmm]\npartition = 'gpu'\n")
     refused = cxraug_cli("experiment", *TINY, "--config", str(typo), "--dry-run")
     assert refused.exit_code == 2 and "executor.slurmm" in refused.output
+    bare = tmp_path / "bare.toml"
+    bare.write_text("[executor]\njobs = 2\n")
+    refused = cxraug_cli("experiment", *TINY, "--config", str(bare), "--dry-run")
+    assert refused.exit_code == 2 and "[executor.PLUGIN] table" in " ".join(refused.output.split())
 
 
 def test_an_interrupted_study_resumes_under_another_executor(
