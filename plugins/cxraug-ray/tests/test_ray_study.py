@@ -50,7 +50,9 @@ def test_a_tiny_study_runs_on_ray_and_records_it(tmp_path: Path) -> None:
         "--classifier",
         "cnn",
         "--arms",
-        "base,gan",
+        "base,classic",
+        "--classic",
+        "8",
         "--gan-seeds",
         "1",
         "--seeds",
@@ -82,6 +84,6 @@ def test_a_tiny_study_runs_on_ray_and_records_it(tmp_path: Path) -> None:
     state = json.loads((out / "experiment.json").read_text())
     assert state["status"] == "finished"
     assert {rec["executor"] for rec in state["jobs"].values()} == {"ray"}
-    assert len(state["jobs"]) == 5 and all(rec["status"] == "finished" for rec in state["jobs"].values())
+    assert len(state["jobs"]) == 4 and all(rec["status"] == "finished" for rec in state["jobs"].values())
     assert "| clf-base-0 | ray |" in (out / "report.md").read_text()
     assert "experiment: base/0" in (out / "jobs" / "clf-base-0.log").read_text()
