@@ -155,21 +155,7 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
         """Train (or reuse) a GAN, build each arm's training set, train a classifier per arm and seed,
         evaluate all on the same real test split, and report means, CIs and tests against base."""
         loaded, opts = load_config_and_opts(config, opt, ctx.registry)
-        stray = [k for k in opts if k not in ("gan", "classifier", "executor")]
-        if stray:
-            raise OptionsError(
-                f"--opt {stray[0]}...: prefix with gan., classifier. or executor., e.g. --opt gan.ngf=32"
-            )
-        flags = given_flags(typer_ctx, ExperimentSettings)
-        flags.update({f"{k}_options": v for k, v in opts.items() if k != "executor"})
-        given = parse_opts(logger_opt, "--logger-opt")
-        logger_options = per_plugin_options({}, "logger", given, "mlflow.tracking_uri=URI", "--logger-opt")
-        if logger_options:
-            flags["logger_options"] = logger_options
-        chosen = executor or loaded.get("experiment", {}).get("executor")
-        executor_options = executor_flags(chosen, loaded, opts.get("executor"))
-        if executor_options is not None:
-            flags["executor_options"] = executor_options
+        flags = study_flags(given_flags(typer_ctx, ExperimentSettings), loaded, opts, logger_opt, executor)
         built = build_settings(ExperimentSettings, flags=flags, config=loaded)
         ws = workspace_from(workspace)
         if reanalyse:
@@ -182,6 +168,31 @@ def add_commands(app: typer.Typer, ctx: AppContext) -> None:
         report(job, outcome)
         if outcome.report and outcome.run is not None and outcome.plan is None and not outcome.note:
             _show(outcome.run, outcome.run.state()["results"])
+
+
+def study_flags(
+    flags: dict[str, Any],
+    config: dict[str, Any],
+    opts: dict[str, Any],
+    logger_opt: list[str] | None,
+    executor: str | None,
+) -> dict[str, Any]:
+    """The flags plus the per-plugin options: ``--opt gan./classifier./executor.KEY=V``, ``--logger-opt``."""
+    stray = [k for k in opts if k not in ("gan", "classifier", "executor")]
+    if stray:
+        raise OptionsError(
+            f"--opt {stray[0]}...: prefix with gan., classifier. or executor., e.g. --opt gan.ngf=32"
+        )
+    flags = {**flags, **{f"{k}_options": v for k, v in opts.items() if k != "executor"}}
+    given = parse_opts(logger_opt, "--logger-opt")
+    logger_options = per_plugin_options({}, "logger", given, "mlflow.tracking_uri=URI", "--logger-opt")
+    if logger_options:
+        flags["logger_options"] = logger_options
+    chosen = executor or config.get("experiment", {}).get("executor")
+    executor_options = executor_flags(chosen, config, opts.get("executor"))
+    if executor_options is not None:
+        flags["executor_options"] = executor_options
+    return flags
 
 
 def executor_flags(chosen: str | None, config: dict[str, Any], opts: Any) -> dict[str, Any] | None:
