@@ -454,13 +454,6 @@ class Experiment:
         else:
             raise KeyError(job_id)
 
-    def run(self) -> dict[str, Any]:
-        """The whole study here, one job after the other (what ``--executor local`` does)."""
-        for job in study_jobs(self.config, self.ws):
-            if not self.job_done(job.id):
-                self.run_stage(job.id)
-        return self.reload()["results"]
-
     def gan_stage(self, source: PreparedDataset, k: int = 0) -> Path:
         """Train (or resume) generator ``k`` of the GAN arms with its own seed; or check a reused run."""
         cfg = self.config
